@@ -1,0 +1,18 @@
+#!/usr/bin/env bun
+/** The `volt` command line. Each subcommand lives in commands/ and owns its flags and help text. */
+import { defineCommand, runMain } from "citty";
+import pkg from "../../package.json" with { type: "json" };
+import { kvmCheckCommand } from "./commands/kvm-check.ts";
+
+export const mainCommand = defineCommand({
+  meta: {
+    name: "volt",
+    version: pkg.version,
+    description: "Volt: a KVM microVM monitor. Boots Linux guests fast, small and sandboxed.",
+  },
+  subCommands: {
+    "kvm-check": kvmCheckCommand,
+  },
+});
+
+await runMain(mainCommand);

@@ -1,0 +1,96 @@
+/**
+ * The system calls Volt makes itself, as typed functions that throw
+ * SyscallError. Numbers are x86-64's (checked against <sys/syscall.h> by the
+ * ABI test). Plain file work stays with Bun's fs APIs; this is for what they
+ * do not offer: ioctl, mmap over a chosen address, memfd, thread ids, signals.
+ */
+import { ptr } from "bun:ffi";
+import { SyscallError } from "./errno.ts";
+import { rawSyscall } from "./shim.ts";
+
+export const SYSCALL_NUMBERS = {
+  close: 3,
+  mmap: 9,
+  munmap: 11,
+  ioctl: 16,
+  getpid: 39,
+  ftruncate: 77,
+  gettid: 186,
+  tgkill: 234,
+  openat: 257,
+  eventfd2: 290,
+  memfd_create: 319,
+} as const;
+
+export const PROT_READ = 0x1;
+export const PROT_WRITE = 0x2;
+export const MAP_SHARED = 0x01;
+export const MAP_PRIVATE = 0x02;
+export const MAP_FIXED = 0x10;
+export const MAP_ANONYMOUS = 0x20;
+export const MFD_CLOEXEC = 0x1;
+export const O_RDWR = 0x2;
+export const O_CLOEXEC = 0x80000;
+const AT_FDCWD = -100;
+
+function check(call: string, result: number, context?: string): number {
+  if (result < 0 && result > -4096) throw new SyscallError(call, -result, context);
+  return result;
+}
+
+function cString(text: string): Uint8Array {
+  return new TextEncoder().encode(`${text}\0`);
+}
+
+export function openPath(path: string, flags: number): number {
+  const name = cString(path);
+  return check("open", rawSyscall(SYSCALL_NUMBERS.openat, AT_FDCWD, ptr(name), flags, 0), path);
+}
+
+export function close(fd: number): void {
+  check("close", rawSyscall(SYSCALL_NUMBERS.close, fd));
+}
+
+/** ioctl with an integer (or no) argument. */
+export function ioctl(fd: number, request: number, arg: number | bigint = 0, context?: string): number {
+  return check("ioctl", rawSyscall(SYSCALL_NUMBERS.ioctl, fd, request, arg), context);
+}
+
+/** ioctl whose argument points at a buffer the kernel reads and/or writes. */
+export function ioctlBuffer(fd: number, request: number, buffer: Uint8Array | DataView, context?: string): number {
+  return check("ioctl", rawSyscall(SYSCALL_NUMBERS.ioctl, fd, request, ptr(buffer)), context);
+}
+
+/** ioctl returning the raw result, for callers that expect and handle some errnos (e.g. EINTR). */
+export function ioctlRaw(fd: number, request: number, arg: number | bigint = 0): number {
+  return rawSyscall(SYSCALL_NUMBERS.ioctl, fd, request, arg);
+}
+
+export function mmap(address: number, length: number, prot: number, flags: number, fd: number, offset = 0, context?: string): number {
+  return check("mmap", rawSyscall(SYSCALL_NUMBERS.mmap, address, length, prot, flags, fd, offset), context);
+}
+
+export function munmap(address: number, length: number): void {
+  check("munmap", rawSyscall(SYSCALL_NUMBERS.munmap, address, length));
+}
+
+export function memfdCreate(name: string, flags = MFD_CLOEXEC): number {
+  const cName = cString(name);
+  return check("memfd_create", rawSyscall(SYSCALL_NUMBERS.memfd_create, ptr(cName), flags), name);
+}
+
+export function ftruncate(fd: number, length: number): void {
+  check("ftruncate", rawSyscall(SYSCALL_NUMBERS.ftruncate, fd, length));
+}
+
+export function getpid(): number {
+  return rawSyscall(SYSCALL_NUMBERS.getpid);
+}
+
+export function gettid(): number {
+  return rawSyscall(SYSCALL_NUMBERS.gettid);
+}
+
+export function tgkill(pid: number, tid: number, signal: number): void {
+  check("tgkill", rawSyscall(SYSCALL_NUMBERS.tgkill, pid, tid, signal));
+}

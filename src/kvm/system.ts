@@ -1,0 +1,102 @@
+/**
+ * /dev/kvm: the system-level handle (rust-vmm's `Kvm`). It answers what the
+ * host's KVM can do and creates VMs; nothing else in Volt opens /dev/kvm.
+ */
+import { ERRNO, SyscallError } from "../ffi/errno.ts";
+import { O_CLOEXEC, O_RDWR, close, ioctl, openPath } from "../ffi/syscalls.ts";
+import { KVM_API_VERSION, KVM_CAP, KVM_IOCTL, type KvmCapability } from "./abi.ts";
+import { KvmError } from "./errors.ts";
+import { Vm } from "./vm.ts";
+
+/** What Volt cannot run a VM without. */
+export const REQUIRED_CAPABILITIES: readonly KvmCapability[] = [
+  "KVM_CAP_USER_MEMORY",
+  "KVM_CAP_IMMEDIATE_EXIT",
+  "KVM_CAP_EXT_CPUID",
+  "KVM_CAP_SET_TSS_ADDR",
+  "KVM_CAP_IRQCHIP",
+  "KVM_CAP_PIT2",
+  "KVM_CAP_IOEVENTFD",
+  "KVM_CAP_IRQFD",
+  "KVM_CAP_MP_STATE",
+];
+
+export const DEFAULT_KVM_PATH = "/dev/kvm";
+
+export class Kvm {
+  readonly fd: number;
+  readonly path: string;
+
+  private constructor(fd: number, path: string) {
+    this.fd = fd;
+    this.path = path;
+  }
+
+  static open(path = DEFAULT_KVM_PATH): Kvm {
+    let fd: number;
+    try {
+      fd = openPath(path, O_RDWR | O_CLOEXEC);
+    } catch (error) {
+      throw unavailable(path, error);
+    }
+    const kvm = new Kvm(fd, path);
+    const version = kvm.apiVersion();
+    if (version !== KVM_API_VERSION) {
+      kvm.close();
+      throw new KvmError("api-version", `${path} speaks KVM API version ${version}; Volt needs ${KVM_API_VERSION}`);
+    }
+    return kvm;
+  }
+
+  apiVersion(): number {
+    return ioctl(this.fd, KVM_IOCTL.KVM_GET_API_VERSION, 0, "KVM_GET_API_VERSION");
+  }
+
+  /** KVM_CHECK_EXTENSION: 0 when absent, otherwise a capability-specific positive value. */
+  checkExtension(capability: KvmCapability): number {
+    return ioctl(this.fd, KVM_IOCTL.KVM_CHECK_EXTENSION, KVM_CAP[capability], capability);
+  }
+
+  capabilities(): Record<KvmCapability, number> {
+    const result = {} as Record<KvmCapability, number>;
+    for (const name of Object.keys(KVM_CAP) as KvmCapability[]) result[name] = this.checkExtension(name);
+    return result;
+  }
+
+  /** Throws one error naming every missing capability, so the user sees the whole gap at once. */
+  requireCapabilities(required: readonly KvmCapability[] = REQUIRED_CAPABILITIES): void {
+    const missing = required.filter((cap) => this.checkExtension(cap) === 0);
+    if (missing.length > 0) {
+      throw new KvmError(
+        "missing-capability",
+        `the host's KVM lacks ${missing.length === 1 ? "a capability" : "capabilities"} Volt needs: ${missing.join(", ")}`,
+      );
+    }
+  }
+
+  vcpuMmapSize(): number {
+    return ioctl(this.fd, KVM_IOCTL.KVM_GET_VCPU_MMAP_SIZE, 0, "KVM_GET_VCPU_MMAP_SIZE");
+  }
+
+  createVm(): Vm {
+    const vmFd = ioctl(this.fd, KVM_IOCTL.KVM_CREATE_VM, 0, "KVM_CREATE_VM");
+    return new Vm(vmFd, this.vcpuMmapSize());
+  }
+
+  close(): void {
+    close(this.fd);
+  }
+}
+
+function unavailable(path: string, error: unknown): KvmError {
+  if (error instanceof SyscallError) {
+    const hint =
+      error.errno === ERRNO.ENOENT
+        ? "this host has no KVM (no hardware virtualisation, or the kvm module is not loaded)"
+        : error.errno === ERRNO.EACCES || error.errno === ERRNO.EPERM
+          ? "permission denied: run as root or add your user to the group that owns it (usually 'kvm')"
+          : error.message;
+    return new KvmError("unavailable", `cannot open ${path}: ${hint}`, { cause: error });
+  }
+  return new KvmError("unavailable", `cannot open ${path}: ${String(error)}`, { cause: error });
+}

@@ -1,0 +1,38 @@
+/**
+ * Messages between the VMM thread and a vCPU worker. KVM_RUN blocks the
+ * worker's event loop, so a worker cannot read messages while the guest runs:
+ * requests to stop go through the shared control word plus a kick (signal +
+ * immediate_exit), and the worker reads them each time KVM_RUN returns.
+ */
+import type { VcpuHandle } from "../kvm/vcpu.ts";
+
+export type ExitRecord =
+  | { readonly reason: "KVM_EXIT_IO"; readonly direction: "in" | "out"; readonly port: number; readonly size: number; readonly count: number; readonly data: readonly number[] }
+  | { readonly reason: "KVM_EXIT_MMIO"; readonly address: number; readonly length: number; readonly isWrite: boolean; readonly data: readonly number[] }
+  | { readonly reason: "KVM_EXIT_HLT" }
+  | { readonly reason: "KVM_EXIT_SHUTDOWN" }
+  | { readonly reason: "KVM_EXIT_FAIL_ENTRY"; readonly hardwareReason: string }
+  | { readonly reason: "KVM_EXIT_INTERNAL_ERROR"; readonly suberror: number }
+  | { readonly reason: string; readonly raw: number };
+
+export type FinishReason = "hlt" | "shutdown" | "stopped" | "exit-limit" | "error";
+
+export interface StartMessage {
+  readonly type: "start";
+  readonly vcpu: VcpuHandle;
+  /** Int32Array over it: [CONTROL_COMMAND] written by the VMM thread. */
+  readonly control: SharedArrayBuffer;
+  /** Stop after this many exits (a guard for diagnostics; the VMM proper runs unbounded). */
+  readonly maxExits: number;
+}
+
+export type ToWorker = StartMessage;
+
+export type FromWorker =
+  | { readonly type: "started"; readonly vcpuId: number; readonly threadId: number }
+  | { readonly type: "finished"; readonly vcpuId: number; readonly reason: FinishReason; readonly exits: readonly ExitRecord[]; readonly error?: string };
+
+export const CONTROL_COMMAND = 0;
+export const CONTROL_WORDS = 2;
+export const COMMAND_RUN = 0;
+export const COMMAND_STOP = 1;

@@ -2,7 +2,7 @@
  * /dev/kvm: the system-level handle (rust-vmm's `Kvm`). It answers what the
  * host's KVM can do and creates VMs; nothing else in Volt opens /dev/kvm.
  */
-import { ERRNO, SyscallError } from "../ffi/errno.ts";
+import { ERRNO, SyscallError, errnoName } from "../ffi/errno.ts";
 import { O_CLOEXEC, O_RDWR, close, ioctl, openPath } from "../ffi/syscalls.ts";
 import { KVM_API_VERSION, KVM_CAP, KVM_IOCTL, type KvmCapability } from "./abi.ts";
 import { KvmError } from "./errors.ts";
@@ -40,7 +40,14 @@ export class Kvm {
       throw unavailable(path, error);
     }
     const kvm = new Kvm(fd, path);
-    const version = kvm.apiVersion();
+    let version: number;
+    try {
+      version = kvm.apiVersion();
+    } catch (error) {
+      kvm.close();
+      const detail = error instanceof SyscallError ? errnoName(error.errno) : String(error);
+      throw new KvmError("unavailable", `${path} is not a KVM device (KVM_GET_API_VERSION: ${detail})`, { cause: error });
+    }
     if (version !== KVM_API_VERSION) {
       kvm.close();
       throw new KvmError("api-version", `${path} speaks KVM API version ${version}; Volt needs ${KVM_API_VERSION}`);

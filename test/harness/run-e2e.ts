@@ -1,0 +1,94 @@
+/**
+ * Runs the end-to-end tests (test/e2e) where real KVM is: directly on a host
+ * with hardware KVM, otherwise inside one nested-KVM L1 boot for the whole run.
+ *
+ *   bun test/harness/run-e2e.ts [extra bun test args]
+ *
+ * Env: VOLT_KVM=native|nested|auto (default auto), VOLT_E2E_TIMEOUT_S (host
+ * limit for the nested run, default 2400), VOLT_E2E_INNER_TIMEOUT_S (limit
+ * inside L1), VOLT_TEST_CACHE (asset cache). Exits with the test command's
+ * status: non-zero on any failure, timeout or missing KVM.
+ */
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { join, resolve } from "node:path";
+import { decideKvmMode } from "./kvm-mode.ts";
+import { prepareL1, runInL1 } from "./l1.ts";
+
+const checkout = resolve(import.meta.dir, "../..");
+const e2eDir = join(checkout, "test/e2e");
+const reportFile = "build/test-reports/e2e.xml";
+
+const testFiles = existsSync(e2eDir)
+  ? readdirSync(e2eDir, { recursive: true, encoding: "utf8" }).filter((f) => /[._-](test|spec)\.[cm]?[jt]sx?$/.test(f))
+  : [];
+if (testFiles.length === 0) {
+  console.log("e2e: no test files in test/e2e; nothing to run");
+  process.exit(0);
+}
+
+const decision = decideKvmMode();
+console.log(`e2e: ${decision.mode} KVM (${decision.reason})`);
+
+mkdirSync(join(checkout, "build/test-reports"), { recursive: true });
+// A report left by an earlier run would make a crashed run look tested.
+rmSync(join(checkout, reportFile), { force: true });
+const testCommand = [
+  process.execPath, "test", "./test/e2e",
+  "--timeout", "600000",
+  // junit only adds the XML file: bun still prints its usual per-test lines.
+  "--reporter=junit", `--reporter-outfile=${reportFile}`,
+  ...process.argv.slice(2),
+];
+const started = performance.now();
+let exitCode: number;
+
+if (decision.mode === "native") {
+  const proc = Bun.spawn(testCommand, {
+    cwd: checkout,
+    stdio: ["inherit", "inherit", "inherit"],
+    env: { ...process.env, VOLT_KVM_MODE: "native" },
+  });
+  exitCode = await proc.exited;
+} else {
+  const timeoutMs = seconds("VOLT_E2E_TIMEOUT_S", 2400) * 1000;
+  const innerSeconds = process.env.VOLT_E2E_INNER_TIMEOUT_S ? seconds("VOLT_E2E_INNER_TIMEOUT_S", 0) : undefined;
+  const assets = await prepareL1();
+  const result = await runInL1(assets, {
+    command: testCommand,
+    checkoutDir: checkout,
+    env: { VOLT_KVM_MODE: "nested" },
+    timeoutMs,
+    innerTimeoutMs: innerSeconds === undefined ? undefined : innerSeconds * 1000,
+    logFile: join(checkout, "build/test-reports/e2e-l1-console.log"),
+  });
+  console.log(`e2e: L1 ${result.outcome} after ${result.attempts} boot(s), job exit status ${result.exitCode}`);
+  exitCode = result.exitCode;
+}
+
+printSummary();
+console.log(`e2e: finished in ${((performance.now() - started) / 1000).toFixed(1)}s, exit status ${exitCode}`);
+process.exit(exitCode);
+
+/** CI reads a plain "N passed, N failed" line; bun test prints none. */
+function printSummary(): void {
+  const path = join(checkout, reportFile);
+  if (!existsSync(path)) {
+    console.log("e2e: no junit report was written");
+    return;
+  }
+  const xml = readFileSync(path, "utf8");
+  const suites = /<testsuites\b[^>]*>/.exec(xml)?.[0] ?? "";
+  const attribute = (name: string) => Number(new RegExp(`\\b${name}="(\\d+)"`).exec(suites)?.[1] ?? 0);
+  const total = attribute("tests");
+  const failed = attribute("failures") + attribute("errors");
+  const skipped = attribute("skipped");
+  console.log(`e2e: ${total - failed - skipped} passed, ${failed} failed, ${skipped} skipped`);
+}
+
+function seconds(name: string, fallback: number): number {
+  const raw = process.env[name];
+  if (raw === undefined || raw === "") return fallback;
+  const value = Number(raw);
+  if (!Number.isFinite(value) || value <= 0) throw new Error(`${name}=${raw} is not a positive number of seconds`);
+  return value;
+}

@@ -4,80 +4,13 @@
  * src/kvm/abi.ts fails here rather than corrupting a guest.
  */
 import { describe, expect, test } from "bun:test";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import * as abi from "../../src/kvm/abi.ts";
 import { ERRNO } from "../../src/ffi/errno.ts";
 import * as sys from "../../src/ffi/syscalls.ts";
-import { SCALAR_SIZE, type StructLayout } from "../../src/kvm/struct.ts";
+import type { StructLayout } from "../../src/kvm/struct.ts";
+import { cValues, layoutsOf, mismatches, tsExpectations } from "./c-abi.ts";
 
-type Expectations = Map<string, number>;
-
-function isLayout(value: unknown): value is StructLayout {
-  return typeof value === "object" && value !== null && "cType" in value && "fields" in value;
-}
-
-/** What the TypeScript side claims, keyed by the C expression that must produce it. */
-function tsExpectations(layouts: StructLayout[], constants: Record<string, number>): Expectations {
-  const expected: Expectations = new Map();
-  for (const layout of layouts) {
-    expected.set(`sizeof(${layout.cType})`, layout.size);
-    for (const [member, spec] of Object.entries(layout.fields)) {
-      expected.set(`offsetof(${layout.cType}, ${member})`, spec.offset);
-      expected.set(`sizeof(((${layout.cType} *)0)->${member})`, SCALAR_SIZE[spec.type] * (spec.count ?? 1));
-    }
-  }
-  for (const [name, value] of Object.entries(constants)) expected.set(name, value);
-  return expected;
-}
-
-/** Compiles a C program printing each expression's value and returns what C says. */
-function cValues(expressions: string[]): Expectations {
-  const dir = mkdtempSync(join(tmpdir(), "volt-abi-"));
-  try {
-    const lines = expressions.map(
-      (expr) => `  printf("%s\\t%llu\\n", ${JSON.stringify(expr)}, (unsigned long long)(${expr}));`,
-    );
-    const source = [
-      "#include <errno.h>",
-      "#include <stddef.h>",
-      "#include <stdio.h>",
-      "#include <sys/mman.h>",
-      "#include <sys/syscall.h>",
-      "#include <fcntl.h>",
-      "#include <linux/memfd.h>",
-      "#include <linux/kvm.h>",
-      "int main(void) {",
-      ...lines,
-      "  return 0;",
-      "}",
-    ].join("\n");
-    writeFileSync(join(dir, "abi.c"), source);
-    const cc = Bun.spawnSync(["gcc", "-Wall", "-Werror", "-o", join(dir, "abi"), join(dir, "abi.c")]);
-    if (cc.exitCode !== 0) throw new Error(`the ABI probe did not compile:\n${cc.stderr.toString()}`);
-    const run = Bun.spawnSync([join(dir, "abi")]);
-    const actual: Expectations = new Map();
-    for (const line of run.stdout.toString().trim().split("\n")) {
-      const [expr, value] = line.split("\t");
-      actual.set(expr!, Number(value));
-    }
-    return actual;
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
-}
-
-function mismatches(expected: Expectations, actual: Expectations): string[] {
-  const wrong: string[] = [];
-  for (const [expr, value] of expected) {
-    const cValue = actual.get(expr);
-    if (cValue !== value) wrong.push(`${expr}: TypeScript says ${value}, C says ${cValue}`);
-  }
-  return wrong;
-}
-
-const layouts: StructLayout[] = (Object.values(abi) as unknown[]).filter(isLayout);
+const layouts = layoutsOf(abi);
 
 const constants: Record<string, number> = {
   KVM_API_VERSION: abi.KVM_API_VERSION,
@@ -101,7 +34,12 @@ const constants: Record<string, number> = {
 
 describe("KVM ABI matches <linux/kvm.h>", () => {
   const expected = tsExpectations(layouts, constants);
-  const actual = cValues([...expected.keys()]);
+  const actual = cValues(
+    {
+      includes: ["errno.h", "sys/mman.h", "sys/syscall.h", "fcntl.h", "linux/memfd.h", "linux/kvm.h"],
+    },
+    [...expected.keys()],
+  );
 
   test("covers every struct layout the TypeScript side defines", () => {
     expect(layouts.length).toBeGreaterThanOrEqual(15);

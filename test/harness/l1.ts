@@ -138,26 +138,29 @@ export async function runInL1(assets: L1Assets, job: L1Job): Promise<L1Result> {
 
   try {
     for (let attempt = 1; ; attempt++) {
-      const outcome = await bootOnce(assets, job, { jobDir, logFile, deadline, bootTimeoutMs, attempt });
-      if (outcome.kind === "reported") {
-        const exitCode = outcome.rc;
-        const result: L1Result = { exitCode, outcome: exitCode === 125 ? "no-kvm" : "completed", attempts: attempt, logFile };
-        if (exitCode === 124) say(`the job hit its ${innerTimeoutMs / 1000}s timeout inside L1`);
-        if (exitCode === 124 || exitCode === 125) printTail(outcome.tail, logFile);
-        return result;
+      const attemptResult = await bootOnce(assets, job, { jobDir, logFile, deadline, bootTimeoutMs, attempt });
+      if (attemptResult.kind === "reported") {
+        const exitCode = attemptResult.rc;
+        const outcome: L1Outcome = exitCode === 125 ? "no-kvm" : exitCode === 124 ? "timeout" : "completed";
+        if (outcome === "timeout") say(`the job hit its ${innerTimeoutMs / 1000}s timeout inside L1`);
+        if (outcome !== "completed") printTail(attemptResult.tail, logFile);
+        return { exitCode, outcome, attempts: attempt, logFile };
       }
-      const retryable = !outcome.jobStarted && attempt < MAX_ATTEMPTS && Date.now() < deadline;
-      if (outcome.kind === "timeout" && !retryable) {
-        say(`TIMEOUT: L1 killed after ${((timeoutMs - (deadline - Date.now())) / 1000).toFixed(0)}s (limit ${timeoutMs / 1000}s)`);
-        printTail(outcome.tail, logFile);
+      const retryable = !attemptResult.jobStarted && attempt < MAX_ATTEMPTS && Date.now() < deadline;
+      if (retryable) {
+        say(`L1 died before the job started (${attemptResult.detail}); retrying (attempt ${attempt + 1} of ${MAX_ATTEMPTS})`);
+        continue;
+      }
+      if (attemptResult.kind === "timeout") {
+        const elapsedSeconds = ((timeoutMs - (deadline - Date.now())) / 1000).toFixed(0);
+        say(`TIMEOUT: L1 killed after ${elapsedSeconds}s (limit ${timeoutMs / 1000}s)`);
+        printTail(attemptResult.tail, logFile);
         return { exitCode: 124, outcome: "timeout", attempts: attempt, logFile };
       }
-      if (!retryable) {
-        say(`L1 died ${outcome.jobStarted ? "while running the job" : "before the job started"} (${outcome.detail}) and reported no exit status`);
-        printTail(outcome.tail, logFile);
-        return { exitCode: 1, outcome: "crashed", attempts: attempt, logFile };
-      }
-      say(`L1 died before the job started (${outcome.detail}); retrying (attempt ${attempt + 1} of ${MAX_ATTEMPTS})`);
+      const when = attemptResult.jobStarted ? "while running the job" : "before the job started";
+      say(`L1 died ${when} (${attemptResult.detail}) and reported no exit status`);
+      printTail(attemptResult.tail, logFile);
+      return { exitCode: 1, outcome: "crashed", attempts: attempt, logFile };
     }
   } finally {
     rmSync(stateDir, { recursive: true, force: true });

@@ -6,12 +6,13 @@
  *
  * Env: VOLT_KVM=native|nested|auto (default auto), VOLT_E2E_TIMEOUT_S (host
  * limit for the nested run, default 2400), VOLT_E2E_INNER_TIMEOUT_S (limit
- * inside L1), VOLT_TEST_CACHE (asset cache). Exits with the test command's
+ * inside L1), VOLT_E2E_PASS_ENV (names of further variables to pass into L1,
+ * besides CI and VOLT_*), VOLT_TEST_CACHE (asset cache). Exits with the test command's
  * status: non-zero on any failure, timeout or missing KVM.
  */
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { join, resolve } from "node:path";
-import { decideKvmMode } from "./kvm-mode.ts";
+import { decideKvmMode, type KvmDecision } from "./kvm-mode.ts";
 import { prepareL1, runInL1 } from "./l1.ts";
 
 const checkout = resolve(import.meta.dir, "../..");
@@ -26,7 +27,13 @@ if (testFiles.length === 0) {
   process.exit(0);
 }
 
-const decision = decideKvmMode();
+let decision: KvmDecision;
+try {
+  decision = decideKvmMode();
+} catch (error) {
+  console.error(`e2e: ${(error as Error).message}`);
+  process.exit(2);
+}
 console.log(`e2e: ${decision.mode} KVM (${decision.reason})`);
 
 mkdirSync(join(checkout, "build/test-reports"), { recursive: true });
@@ -57,6 +64,7 @@ if (decision.mode === "native") {
     command: testCommand,
     checkoutDir: checkout,
     env: { VOLT_KVM_MODE: "nested" },
+    passEnv: (process.env.VOLT_E2E_PASS_ENV ?? "").split(/[\s,]+/).filter((name) => name !== ""),
     timeoutMs,
     innerTimeoutMs: innerSeconds === undefined ? undefined : innerSeconds * 1000,
     logFile: join(checkout, "build/test-reports/e2e-l1-console.log"),

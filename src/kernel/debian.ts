@@ -36,23 +36,65 @@ export async function fetchDebianKernel(options: FetchDebianKernelOptions): Prom
   const log = options.log ?? (() => {});
   const kernelsDir = join(options.cacheDir, "debian-kernel");
   mkdirSync(kernelsDir, { recursive: true });
+  removeAbandonedWork(kernelsDir);
 
-  let packageName: string;
-  let packageVersion: string;
   if (options.debPath !== undefined) {
-    if (!existsSync(options.debPath)) throw new DebianKernelError(`kernel package file ${options.debPath} does not exist`);
-    const fields = (await run(["dpkg-deb", "-f", options.debPath, "Package", "Version"], `read ${options.debPath}`)).stdout;
-    packageName = fieldValue(fields, "Package", options.debPath);
-    packageVersion = fieldValue(fields, "Version", options.debPath);
-  } else {
-    packageName = await resolveImagePackage(options.metapackage ?? "linux-image-amd64");
-    packageVersion = fieldValue(
-      (await run(["apt-cache", "show", "--no-all-versions", packageName], `look up ${packageName}`)).stdout,
-      "Version",
-      packageName,
-    );
+    const debPath = options.debPath;
+    if (!existsSync(debPath)) throw new DebianKernelError(`kernel package file ${debPath} does not exist`);
+    const fields = (await run(["dpkg-deb", "-f", debPath, "Package", "Version"], `read ${debPath}`)).stdout;
+    const packageName = fieldValue(fields, "Package", debPath);
+    const packageVersion = fieldValue(fields, "Version", debPath);
+    return cachedOrUnpacked(kernelsDir, packageName, packageVersion, log, async () => debPath);
   }
 
+  const metapackage = options.metapackage ?? "linux-image-amd64";
+  for (const listsRefreshed of [false, true]) {
+    const { packageName, packageVersion } = await resolveImagePackage(metapackage);
+    try {
+      return await cachedOrUnpacked(kernelsDir, packageName, packageVersion, log, async (workDir) => {
+        log(`downloading ${packageName} ${packageVersion}`);
+        await run(["apt-get", "download", "-q", `${packageName}=${packageVersion}`], `download ${packageName}`, workDir);
+        const downloaded = readdirSync(workDir).find((name) => name.startsWith(`${packageName}_`) && name.endsWith(".deb"));
+        if (!downloaded) throw new DebianKernelError(`apt-get download ${packageName} produced no .deb in ${workDir}`);
+        return join(workDir, downloaded);
+      });
+    } catch (error) {
+      // Old package lists name versions the mirror no longer has: refresh once.
+      if (listsRefreshed || !(error instanceof DownloadError)) throw error;
+      log(`${(error as Error).message.split("\n")[0]}; retrying after apt-get update`);
+      await run(["apt-get", "update", "-q"], "apt-get update (to refresh the kernel package lists)");
+    }
+  }
+  throw new DebianKernelError("unreachable");
+}
+
+class DownloadError extends DebianKernelError {}
+
+/** Work directories of runs that were killed midway (their process is gone). */
+function removeAbandonedWork(kernelsDir: string): void {
+  for (const name of readdirSync(kernelsDir)) {
+    const pid = /^\.partial-.*-(\d+)-\d+$/.exec(name)?.[1];
+    if (pid === undefined || isAlive(Number(pid))) continue;
+    rmSync(join(kernelsDir, name), { recursive: true, force: true });
+  }
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
+async function cachedOrUnpacked(
+  kernelsDir: string,
+  packageName: string,
+  packageVersion: string,
+  log: (line: string) => void,
+  obtainDeb: (workDir: string) => Promise<string>,
+): Promise<DebianKernel> {
   const finalDir = join(kernelsDir, `${packageName}_${packageVersion.replaceAll(":", "%3a")}`);
   if (!existsSync(finalDir)) {
     // Everything happens under a temporary name and is renamed into place at
@@ -61,13 +103,11 @@ export async function fetchDebianKernel(options: FetchDebianKernelOptions): Prom
     const workDir = join(kernelsDir, `.partial-${packageName}-${process.pid}-${Date.now()}`);
     mkdirSync(workDir, { recursive: true });
     try {
-      let deb = options.debPath;
-      if (deb === undefined) {
-        log(`downloading ${packageName} ${packageVersion}`);
-        await run(["apt-get", "download", "-q", `${packageName}=${packageVersion}`], `download ${packageName}`, workDir);
-        const downloaded = readdirSync(workDir).find((name) => name.startsWith(`${packageName}_`) && name.endsWith(".deb"));
-        if (!downloaded) throw new DebianKernelError(`apt-get download ${packageName} produced no .deb in ${workDir}`);
-        deb = join(workDir, downloaded);
+      let deb: string;
+      try {
+        deb = await obtainDeb(workDir);
+      } catch (error) {
+        throw new DownloadError((error as Error).message);
       }
       log(`unpacking ${basename(deb)}`);
       await run(["dpkg-deb", "-x", deb, join(workDir, "root")], `unpack ${deb}`);
@@ -134,23 +174,36 @@ export function findKernelModules(
   return ordered;
 }
 
-async function resolveImagePackage(metapackage: string): Promise<string> {
-  const pickDependency = async (): Promise<string | undefined> => {
-    const result = await run(["apt-cache", "depends", metapackage], `resolve ${metapackage}`, undefined, true);
+/**
+ * The metapackage depends on the current ABI's image package, pinned to one
+ * version ("Depends: linux-image-6.1.0-56-amd64 (= 6.1.192-2)"): one
+ * apt-cache call gives both (each call costs ~0.5 s where apt keeps no binary
+ * cache).
+ */
+async function resolveImagePackage(metapackage: string): Promise<{ packageName: string; packageVersion: string }> {
+  const lookUp = async () => {
+    const result = await run(["apt-cache", "show", "--no-all-versions", metapackage], `resolve ${metapackage}`, undefined, true);
     if (result.exitCode !== 0) return undefined;
-    // "  Depends: linux-image-6.1.0-56-amd64": the ABI number changes over time.
-    return /^\s*Depends:\s*(linux-image-\d\S*)/m.exec(result.stdout)?.[1];
+    const dependency = /^Depends:.*?\b(linux-image-\d[^\s,(]*)(?:\s*\(\s*=\s*([^)\s]+)\s*\))?/m.exec(result.stdout);
+    return dependency?.[1] ? { packageName: dependency[1], pinned: dependency[2] } : undefined;
   };
-  let name = await pickDependency();
-  if (name === undefined) {
+  let found = await lookUp();
+  if (found === undefined) {
     // A fresh machine may not have package lists yet.
     await run(["apt-get", "update", "-q"], "apt-get update (to resolve the kernel package)");
-    name = await pickDependency();
+    found = await lookUp();
   }
-  if (name === undefined) {
-    throw new DebianKernelError(`cannot resolve ${metapackage}: apt-cache depends lists no linux-image-<version> package`);
+  if (found === undefined) {
+    throw new DebianKernelError(`cannot resolve ${metapackage}: it depends on no linux-image-<version> package`);
   }
-  return name;
+  const packageVersion =
+    found.pinned ??
+    fieldValue(
+      (await run(["apt-cache", "show", "--no-all-versions", found.packageName], `look up ${found.packageName}`)).stdout,
+      "Version",
+      found.packageName,
+    );
+  return { packageName: found.packageName, packageVersion };
 }
 
 function locateKernelFiles(root: string, packageName: string): DebianKernel {

@@ -164,6 +164,6 @@ export function findDebianBzImage(): string | undefined {
 /** Prints why a real-kernel test is skipped (bun's skip output does not say). */
 export function availableOrExplain(path: string | undefined, what: string): path is string {
   if (path !== undefined && existsSync(path)) return true;
-  console.log(`skipping ${what}: ${path ?? "no such kernel"} is not on this machine`);
+  console.log(`skipping ${what}: ${path === undefined ? "no such kernel was found" : `${path} is not on this machine`}`);
   return false;
 }

@@ -13,6 +13,7 @@ import { existsSync, mkdirSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 
 const root = join(import.meta.dir, "..");
+const startedAt = performance.now();
 const reports = join(root, "build", "test-reports");
 const extraArgs = process.argv.slice(2);
 
@@ -74,7 +75,7 @@ const total = results.reduce(
   (sum, r) => ({ passed: sum.passed + r.passed, failed: sum.failed + r.failed, skipped: sum.skipped + r.skipped }),
   { passed: 0, failed: 0, skipped: 0 },
 );
-console.log("");
+console.log(`\ntest run took ${((performance.now() - startedAt) / 1000).toFixed(0)} s`);
 for (const r of results) console.log(`  ${r.name}: ${r.passed} passed, ${r.failed} failed, ${r.skipped} skipped`);
 console.log(`${total.passed} passed, ${total.failed} failed${total.skipped ? `, ${total.skipped} skipped` : ""}`);
 process.exit(total.failed > 0 || results.some((r) => r.exitCode !== 0) ? 1 : 0);

@@ -83,6 +83,7 @@ const CONSOLE_TAIL_LINES = 60;
 // ESC c (full reset), ESC [2J (clear screen), ESC [?7l (no line wrap)
 const TERMINAL_RESETS = /\x1bc|\x1b\[2J|\x1b\[\?7l/g;
 const MAX_ATTEMPTS = 3;
+const INNER_TIMEOUT_MARKER = "L1-JOB: timed out";
 
 export function defaultCacheDir(env: Record<string, string | undefined> = process.env): string {
   if (env.VOLT_TEST_CACHE) return env.VOLT_TEST_CACHE;
@@ -142,7 +143,7 @@ export async function runInL1(assets: L1Assets, job: L1Job): Promise<L1Result> {
       const attemptResult = await bootOnce(assets, job, { jobDir, logFile, deadline, bootTimeoutMs, attempt });
       if (attemptResult.kind === "reported") {
         const exitCode = attemptResult.rc;
-        const outcome: L1Outcome = exitCode === 125 ? "no-kvm" : exitCode === 124 ? "timeout" : "completed";
+        const outcome: L1Outcome = attemptResult.innerTimeout ? "timeout" : exitCode === 125 ? "no-kvm" : "completed";
         if (outcome === "timeout") say(`the job hit its ${innerTimeoutMs / 1000}s timeout inside L1`);
         if (outcome !== "completed") printTail(attemptResult.tail, logFile);
         return { exitCode, outcome, attempts: attempt, logFile };
@@ -169,7 +170,7 @@ export async function runInL1(assets: L1Assets, job: L1Job): Promise<L1Result> {
 }
 
 type AttemptOutcome =
-  | { kind: "reported"; rc: number; tail: string[] }
+  | { kind: "reported"; rc: number; innerTimeout: boolean; tail: string[] }
   | { kind: "timeout" | "died"; jobStarted: boolean; detail: string; tail: string[] };
 
 async function bootOnce(
@@ -177,9 +178,9 @@ async function bootOnce(
   job: L1Job,
   run: { jobDir: string; logFile: string; deadline: number; bootTimeoutMs: number; attempt: number },
 ): Promise<AttemptOutcome> {
+  // QEMU option values escape a comma by doubling it.
   const virtfs = (tag: string, path: string, extra: string) =>
-    ["-virtfs", `local,path=${path},mount_tag=${tag},security_model=passthrough${extra}`];
-  if (job.checkoutDir.includes(",")) throw new Error(`checkout path ${job.checkoutDir} contains a comma, which QEMU's -virtfs cannot take`);
+    ["-virtfs", `local,path=${path.replaceAll(",", ",,")},mount_tag=${tag},security_model=passthrough${extra}`];
   const args = [
     ...assets.qemu.args,
     "-accel", "tcg,thread=multi", "-cpu", "max", "-smp", "2", "-m", "4096",
@@ -215,6 +216,7 @@ async function bootOnce(
   const tail: string[] = [];
   let jobStarted = false;
   let reportedRc: number | undefined;
+  let innerTimeout = false;
   let timedOut = false;
   const onLine = (raw: string, fromStderr: boolean) => {
     // SeaBIOS resets and clears the "screen" (the serial console); keep that off the user's terminal.
@@ -225,6 +227,7 @@ async function bootOnce(
     if (fromStderr) process.stderr.write(`qemu: ${line}\n`);
     else process.stdout.write(`${job.consolePrefix ?? ""}${line}\n`);
     if (line.includes("L1: job start")) jobStarted = true;
+    if (line.includes(INNER_TIMEOUT_MARKER)) innerTimeout = true;
     const done = /L1: done rc=(\d+)/.exec(line);
     if (done) reportedRc = Number(done[1]);
   };
@@ -249,7 +252,7 @@ async function bootOnce(
   process.off("SIGINT", onSignal);
   process.off("SIGTERM", onSignal);
 
-  if (reportedRc !== undefined) return { kind: "reported", rc: reportedRc, tail };
+  if (reportedRc !== undefined) return { kind: "reported", rc: reportedRc, innerTimeout, tail };
   const detail = qemu.signalCode ? `qemu killed by ${qemu.signalCode}` : `qemu exit status ${exitCode}`;
   return { kind: timedOut ? "timeout" : "died", jobStarted, detail, tail };
 }
@@ -295,7 +298,7 @@ cd ${shellQuote(job.checkoutDir)} || exit 122
 # -k: a job that ignores SIGTERM is killed 20 s later; timeout exits 124 on expiry.
 timeout -k 20 ${innerSeconds} ${job.command.map(shellQuote).join(" ")}
 rc=$?
-[ $rc = 124 ] && echo "L1-JOB: timed out after ${innerSeconds}s"
+[ $rc = 124 ] && echo "${INNER_TIMEOUT_MARKER} after ${innerSeconds}s"
 exit $rc
 `;
 }

@@ -336,7 +336,8 @@ async function qemuForL1(cacheDir: string): Promise<QemuForL1> {
   });
   try {
     if (!existsSync(root)) await downloadBackportsQemu(dirname(root));
-    return describe(unpacked(root), "");
+    // await here, so a cached QEMU that no longer runs also falls back
+    return await describe(unpacked(root), "");
   } catch (error) {
     const banner = "!".repeat(78);
     say(banner);

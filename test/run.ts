@@ -52,7 +52,7 @@ function stage(name: string, command: string[], report: string): StageResult {
   // A file that fails to load, or a harness failure after the tests ran, shows only in the exit code.
   if (exitCode !== 0 && failed === 0) failed = 1;
   const passed = counts.tests - counts.failures - counts.skipped;
-  console.log(`==== ${name}: ${passed} passed, ${failed} failed, ${counts.skipped} skipped (exit ${exitCode})`);
+  console.log(`==== ${name}: passed=${passed} failed=${failed} skipped=${counts.skipped} (exit ${exitCode})`);
   return { name, exitCode, passed, failed, skipped: counts.skipped };
 }
 
@@ -76,6 +76,6 @@ const total = results.reduce(
   { passed: 0, failed: 0, skipped: 0 },
 );
 console.log(`\ntest run took ${((performance.now() - startedAt) / 1000).toFixed(0)} s`);
-for (const r of results) console.log(`  ${r.name}: ${r.passed} passed, ${r.failed} failed, ${r.skipped} skipped`);
+for (const r of results) console.log(`  ${r.name}: passed=${r.passed} failed=${r.failed} skipped=${r.skipped}`);
 console.log(`${total.passed} passed, ${total.failed} failed${total.skipped ? `, ${total.skipped} skipped` : ""}`);
 process.exit(total.failed > 0 || results.some((r) => r.exitCode !== 0) ? 1 : 0);

@@ -77,7 +77,10 @@ printSummary();
 console.log(`e2e: finished in ${((performance.now() - started) / 1000).toFixed(1)}s, exit status ${exitCode}`);
 process.exit(exitCode);
 
-/** CI reads a plain "N passed, N failed" line; bun test prints none. */
+/**
+ * Counts from the JUnit report. Worded unlike the closing "N passed, N failed"
+ * line that test/run.ts prints for the whole suite, so CI cannot mistake it.
+ */
 function printSummary(): void {
   const path = join(checkout, reportFile);
   if (!existsSync(path)) {
@@ -90,7 +93,7 @@ function printSummary(): void {
   const total = attribute("tests");
   const failed = attribute("failures") + attribute("errors");
   const skipped = attribute("skipped");
-  console.log(`e2e: ${total - failed - skipped} passed, ${failed} failed, ${skipped} skipped`);
+  console.log(`e2e totals: passed=${total - failed - skipped} failed=${failed} skipped=${skipped}`);
 }
 
 function seconds(name: string, fallback: number): number {

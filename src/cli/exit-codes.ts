@@ -9,6 +9,13 @@ export const EXIT = {
   kvmUnavailable: 3,
   /** A diagnostic guest did not behave as expected (`kvm-check --smoke`). */
   checkFailed: 4,
+  /** `volt run`: the guest kernel panicked. */
+  guestPanic: 5,
+  /** `volt run`: the VM failed (an exit Volt cannot handle, a KVM error). */
+  vmFailed: 6,
+  /** `volt run`: stopped by SIGINT (130) or SIGTERM (143), after a clean VM stop. */
+  interrupted: 130,
+  terminated: 143,
 } as const;
 
 export type ExitCode = (typeof EXIT)[keyof typeof EXIT];

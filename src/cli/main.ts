@@ -3,6 +3,7 @@
 import { defineCommand, runMain } from "citty";
 import pkg from "../../package.json" with { type: "json" };
 import { kvmCheckCommand } from "./commands/kvm-check.ts";
+import { runCommand } from "./commands/run.ts";
 
 export const mainCommand = defineCommand({
   meta: {
@@ -11,6 +12,7 @@ export const mainCommand = defineCommand({
     description: "Volt: a KVM microVM monitor. Boots Linux guests fast, small and sandboxed.",
   },
   subCommands: {
+    run: runCommand,
     "kvm-check": kvmCheckCommand,
   },
 });

@@ -3,8 +3,18 @@
  * host's KVM can do and creates VMs; nothing else in Volt opens /dev/kvm.
  */
 import { ERRNO, SyscallError, errnoName } from "../ffi/errno.ts";
-import { O_CLOEXEC, O_RDWR, close, ioctl, openPath } from "../ffi/syscalls.ts";
-import { KVM_API_VERSION, KVM_CAP, KVM_IOCTL, type KvmCapability } from "./abi.ts";
+import { O_CLOEXEC, O_RDWR, close, ioctl, ioctlBuffer, openPath } from "../ffi/syscalls.ts";
+import { StructView } from "./struct.ts";
+import {
+  KVM_API_VERSION,
+  KVM_CAP,
+  KVM_CPUID2_ENTRIES_OFFSET,
+  KVM_IOCTL,
+  kvm_cpuid2,
+  kvm_cpuid_entry2,
+  type KvmCapability,
+} from "./abi.ts";
+import { readCpuidEntries, type CpuidEntry } from "./cpuid.ts";
 import { KvmError } from "./errors.ts";
 import { Vm } from "./vm.ts";
 
@@ -83,6 +93,15 @@ export class Kvm {
 
   vcpuMmapSize(): number {
     return ioctl(this.fd, KVM_IOCTL.KVM_GET_VCPU_MMAP_SIZE, 0, "KVM_GET_VCPU_MMAP_SIZE");
+  }
+
+  /** The CPUID leaves KVM can present to a guest on this host (the base every vCPU's CPUID is built from). */
+  supportedCpuid(): CpuidEntry[] {
+    const maxEntries = 256;
+    const bytes = new Uint8Array(KVM_CPUID2_ENTRIES_OFFSET + maxEntries * kvm_cpuid_entry2.size);
+    new StructView(kvm_cpuid2, bytes).set("nent", maxEntries);
+    ioctlBuffer(this.fd, KVM_IOCTL.KVM_GET_SUPPORTED_CPUID, bytes, "KVM_GET_SUPPORTED_CPUID");
+    return readCpuidEntries(bytes);
   }
 
   createVm(): Vm {

@@ -8,8 +8,18 @@ import { toArrayBuffer } from "bun:ffi";
 import { ERRNO } from "../ffi/errno.ts";
 import { MAP_SHARED, PROT_READ, PROT_WRITE, ioctlBuffer, ioctlRaw, mmap, munmap } from "../ffi/syscalls.ts";
 import { SyscallError } from "../ffi/errno.ts";
-import { KVM_IOCTL, kvm_regs, kvm_run, kvm_sregs } from "./abi.ts";
+import { KVM_IOCTL, KVM_MSRS_ENTRIES_OFFSET, kvm_fpu, kvm_lapic_state, kvm_msr_entry, kvm_msrs, kvm_regs, kvm_run, kvm_sregs } from "./abi.ts";
+import { writeCpuidEntries, type CpuidEntry } from "./cpuid.ts";
 import { StructView } from "./struct.ts";
+
+export interface MsrValue {
+  readonly index: number;
+  readonly value: bigint;
+}
+
+type Settable<F> = { readonly [K in keyof F]?: F[K] extends { type: "u64" } ? bigint : number };
+export type RegsValues = Settable<(typeof kvm_regs)["fields"]>;
+export type SregsValues = Settable<(typeof kvm_sregs)["fields"]>;
 
 /** Everything a worker needs to drive a vCPU (structured-clone safe). */
 export interface VcpuHandle {
@@ -61,6 +71,54 @@ export class Vcpu {
 
   setSregs(sregs: StructView<typeof kvm_sregs.fields>): void {
     ioctlBuffer(this.handle.fd, KVM_IOCTL.KVM_SET_SREGS, sregs.bytes, "KVM_SET_SREGS");
+  }
+
+  /** Changes only the named registers (read-modify-write), so callers state just what they mean. */
+  updateRegs(values: RegsValues): void {
+    const regs = this.getRegs();
+    for (const [name, value] of Object.entries(values)) regs.set(name as keyof typeof kvm_regs.fields, value as bigint);
+    this.setRegs(regs);
+  }
+
+  updateSregs(values: SregsValues): void {
+    const sregs = this.getSregs();
+    for (const [name, value] of Object.entries(values)) sregs.set(name as keyof typeof kvm_sregs.fields, value as never);
+    this.setSregs(sregs);
+  }
+
+  setCpuid(entries: readonly CpuidEntry[]): void {
+    ioctlBuffer(this.handle.fd, KVM_IOCTL.KVM_SET_CPUID2, writeCpuidEntries(entries), "KVM_SET_CPUID2");
+  }
+
+  setMsrs(msrs: readonly MsrValue[]): void {
+    const bytes = new Uint8Array(KVM_MSRS_ENTRIES_OFFSET + msrs.length * kvm_msr_entry.size);
+    new StructView(kvm_msrs, bytes).set("nmsrs", msrs.length);
+    msrs.forEach((msr, i) => {
+      const offset = KVM_MSRS_ENTRIES_OFFSET + i * kvm_msr_entry.size;
+      new StructView(kvm_msr_entry, bytes.subarray(offset, offset + kvm_msr_entry.size)).set("index", msr.index).set("data", msr.value);
+    });
+    // KVM_SET_MSRS returns how many it set; it stops at the first one it refuses.
+    const written = ioctlBuffer(this.handle.fd, KVM_IOCTL.KVM_SET_MSRS, bytes, "KVM_SET_MSRS");
+    if (written !== msrs.length) {
+      const refused = msrs[written]!;
+      throw new SyscallError("ioctl", ERRNO.EINVAL, `KVM_SET_MSRS refused MSR 0x${refused.index.toString(16)}`);
+    }
+  }
+
+  setFpu(values: { fcw: number; mxcsr: number }): void {
+    const fpu = new StructView(kvm_fpu).set("fcw", values.fcw).set("mxcsr", values.mxcsr);
+    ioctlBuffer(this.handle.fd, KVM_IOCTL.KVM_SET_FPU, fpu.bytes, "KVM_SET_FPU");
+  }
+
+  /** The local APIC's register page (1 KiB, laid out as the APIC's MMIO registers). */
+  getLapic(): Uint8Array {
+    const lapic = new Uint8Array(kvm_lapic_state.size);
+    ioctlBuffer(this.handle.fd, KVM_IOCTL.KVM_GET_LAPIC, lapic, "KVM_GET_LAPIC");
+    return lapic;
+  }
+
+  setLapic(lapic: Uint8Array): void {
+    ioctlBuffer(this.handle.fd, KVM_IOCTL.KVM_SET_LAPIC, lapic, "KVM_SET_LAPIC");
   }
 
   /** Enters the guest until it exits; returns the exit reason, or RUN_INTERRUPTED after a kick. */

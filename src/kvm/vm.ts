@@ -1,6 +1,6 @@
 /** A KVM virtual machine file descriptor (rust-vmm's `VmFd`). */
 import { close, ioctl, ioctlBuffer } from "../ffi/syscalls.ts";
-import { KVM_IOCTL, kvm_userspace_memory_region } from "./abi.ts";
+import { KVM_IOCTL, kvm_irq_level, kvm_pit_config, kvm_userspace_memory_region } from "./abi.ts";
 import { StructView } from "./struct.ts";
 
 export interface MemorySlot {
@@ -34,6 +34,32 @@ export class Vm {
   /** Returns the new vCPU's file descriptor; a worker maps and runs it (see vcpu.ts). */
   createVcpu(id: number): number {
     return ioctl(this.fd, KVM_IOCTL.KVM_CREATE_VCPU, id, `KVM_CREATE_VCPU ${id}`);
+  }
+
+  /** Where KVM keeps the real-mode TSS it needs on Intel; three pages that must not be guest RAM. */
+  setTssAddress(address: number): void {
+    ioctl(this.fd, KVM_IOCTL.KVM_SET_TSS_ADDR, address, "KVM_SET_TSS_ADDR");
+  }
+
+  setIdentityMapAddress(address: number): void {
+    ioctlBuffer(this.fd, KVM_IOCTL.KVM_SET_IDENTITY_MAP_ADDR, new Uint8Array(new BigUint64Array([BigInt(address)]).buffer), "KVM_SET_IDENTITY_MAP_ADDR");
+  }
+
+  /** In-kernel PIC, IOAPIC and LAPICs: interrupts and HLT never leave the kernel. */
+  createIrqchip(): void {
+    ioctl(this.fd, KVM_IOCTL.KVM_CREATE_IRQCHIP, 0, "KVM_CREATE_IRQCHIP");
+  }
+
+  createPit(): void {
+    // No speaker port emulation in the kernel: port 0x61 reads come to Volt (and read as 0xff).
+    const config = new StructView(kvm_pit_config).set("flags", 0);
+    ioctlBuffer(this.fd, KVM_IOCTL.KVM_CREATE_PIT2, config.bytes, "KVM_CREATE_PIT2");
+  }
+
+  /** Drives an interrupt line of the in-kernel irqchip; usable from any thread. */
+  setIrqLine(irq: number, level: 0 | 1): void {
+    const request = new StructView(kvm_irq_level).set("irq", irq).set("level", level);
+    ioctlBuffer(this.fd, KVM_IOCTL.KVM_IRQ_LINE, request.bytes, `KVM_IRQ_LINE ${irq}`);
   }
 
   close(): void {

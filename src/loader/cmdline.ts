@@ -36,6 +36,13 @@ export class KernelCmdline {
     return this.push(`${key}=${/\s/.test(value) ? `"${value}"` : value}`);
   }
 
+  /** Appends a user-written fragment (several space-separated parameters) as it is, after checking it. */
+  appendRaw(fragment: string): this {
+    checkText(fragment, "command line");
+    const trimmed = fragment.trim();
+    return trimmed === "" ? this : this.push(trimmed);
+  }
+
   /** A virtio-mmio device the kernel should probe: `virtio_mmio.device=<size>@<base>:<irq>[:<id>]`. */
   addVirtioMmioDevice(size: number, base: number, irq: number, id?: number): this {
     for (const [name, value] of [["size", size], ["base", base], ["irq", irq], ["id", id ?? 0]] as const) {

@@ -4,6 +4,8 @@
  * requests to stop go through the shared control word plus a kick (signal +
  * immediate_exit), and the worker reads them each time KVM_RUN returns.
  */
+import type { BootTimerState } from "../devices/legacy/boot-timer.ts";
+import type { SerialState } from "../devices/legacy/serial.ts";
 import type { VcpuHandle } from "../kvm/vcpu.ts";
 
 export type ExitRecord =
@@ -15,7 +17,20 @@ export type ExitRecord =
   | { readonly reason: "KVM_EXIT_INTERNAL_ERROR"; readonly suberror: number }
   | { readonly reason: string; readonly raw: number };
 
-export type FinishReason = "hlt" | "shutdown" | "stopped" | "exit-limit" | "error";
+/**
+ * Why a vCPU left its loop. "reset": the guest pulsed the i8042 reset line;
+ * "shutdown": a triple fault (how `reboot=t` guests reboot); "error": an exit
+ * Volt cannot handle, or a failure in Volt.
+ */
+export type FinishReason = "hlt" | "shutdown" | "reset" | "stopped" | "exit-limit" | "error";
+
+/** Shared state of the machine's devices; each worker builds its own device instances over it. */
+export interface MachineShared {
+  /** The VM fd, for KVM_IRQ_LINE from device interrupt lines. */
+  readonly vmFd: number;
+  readonly serial: SerialState;
+  readonly bootTimer: BootTimerState;
+}
 
 export interface StartMessage {
   readonly type: "start";
@@ -24,12 +39,15 @@ export interface StartMessage {
   readonly control: SharedArrayBuffer;
   /** Stop after this many exits (a guard for diagnostics; the VMM proper runs unbounded). */
   readonly maxExits: number;
+  /** Present for a real VM: exits go to its devices. Absent: diagnostics mode, exits are recorded. */
+  readonly machine?: MachineShared;
 }
 
 export type ToWorker = StartMessage;
 
 export type FromWorker =
   | { readonly type: "started"; readonly vcpuId: number; readonly threadId: number }
+  | { readonly type: "booted"; readonly vcpuId: number; readonly atMs: number }
   | { readonly type: "finished"; readonly vcpuId: number; readonly reason: FinishReason; readonly exits: readonly ExitRecord[]; readonly error?: string };
 
 export const CONTROL_COMMAND = 0;

@@ -6,12 +6,16 @@ import { installKickHandler } from "../ffi/shim.ts";
 import { getpid, tgkill } from "../ffi/syscalls.ts";
 import { Vcpu, type VcpuHandle } from "../kvm/vcpu.ts";
 import { workerUrl } from "../workers.ts";
-import { COMMAND_STOP, CONTROL_COMMAND, CONTROL_WORDS, type FromWorker, type StartMessage } from "./protocol.ts";
+import { COMMAND_STOP, CONTROL_COMMAND, CONTROL_WORDS, type FromWorker, type MachineShared, type StartMessage } from "./protocol.ts";
 
 export type Finished = Extract<FromWorker, { type: "finished" }>;
 
 export interface VcpuThreadOptions {
   readonly maxExits?: number;
+  /** The machine's shared device state; without it the worker only records exits (diagnostics). */
+  readonly machine?: MachineShared;
+  /** The guest wrote the boot-timer magic (performance.timeOrigin-based ms, from the worker's clock). */
+  readonly onBoot?: (atEpochMs: number) => void;
 }
 
 export class VcpuThread {
@@ -42,6 +46,8 @@ export class VcpuThread {
       const message = event.data;
       if (message.type === "started") {
         started.resolve(message.threadId);
+      } else if (message.type === "booted") {
+        options.onBoot?.(message.atMs);
       } else {
         started.resolve(-1); // finished before it could start: `finished` says why
         finished.resolve(message);
@@ -52,7 +58,13 @@ export class VcpuThread {
       started.reject(error);
       finished.reject(error);
     };
-    const start: StartMessage = { type: "start", vcpu: handle, control: controlBuffer, maxExits: options.maxExits ?? Number.MAX_SAFE_INTEGER };
+    const start: StartMessage = {
+      type: "start",
+      vcpu: handle,
+      control: controlBuffer,
+      maxExits: options.maxExits ?? Number.MAX_SAFE_INTEGER,
+      ...(options.machine ? { machine: options.machine } : {}),
+    };
     worker.postMessage(start);
     const threadId = await started.promise;
     return new VcpuThread(worker, new Int32Array(controlBuffer), new Vcpu(handle), threadId, finished.promise);

@@ -5,9 +5,10 @@
  */
 import { installKickHandler } from "../ffi/shim.ts";
 import { gettid } from "../ffi/syscalls.ts";
-import { KVM_EXIT, KVM_EXIT_IO_OUT, exitReasonName } from "../kvm/abi.ts";
+import { KVM_EXIT, KVM_EXIT_IO_OUT, exitReasonName, kvm_run } from "../kvm/abi.ts";
 import { RUN_INTERRUPTED, Vcpu } from "../kvm/vcpu.ts";
-import { COMMAND_STOP, CONTROL_COMMAND, type ExitRecord, type FinishReason, type FromWorker, type StartMessage, type ToWorker } from "./protocol.ts";
+import { buildMachineDevices } from "../vmm/machine.ts";
+import { COMMAND_STOP, CONTROL_COMMAND, type ExitRecord, type FinishReason, type FromWorker, type MachineShared, type StartMessage, type ToWorker } from "./protocol.ts";
 
 declare const self: Worker;
 
@@ -52,6 +53,66 @@ function describeExit(vcpu: Vcpu, reason: number): ExitRecord {
   }
 }
 
+/**
+ * A real VM's exit loop: port I/O and MMIO go to this thread's instances of
+ * the machine's devices; the loop ends on a reset, a triple fault, a stop
+ * request, or an exit Volt cannot handle.
+ */
+function runMachineLoop(start: StartMessage, machine: MachineShared): { reason: FinishReason; exits: ExitRecord[] } {
+  const vcpu = new Vcpu(start.vcpu);
+  const control = new Int32Array(start.control);
+  let resetRequested = false;
+  const devices = buildMachineDevices(machine, {
+    onResetRequest: () => {
+      resetRequested = true;
+    },
+    onBoot: () => post({ type: "booted", vcpuId: start.vcpu.id, atMs: performance.timeOrigin + performance.now() }),
+  });
+  const run = vcpu.run;
+  const runBytes = vcpu.runBytes;
+  const mmioData = runBytes.subarray(kvm_run.fields["mmio.data"].offset, kvm_run.fields["mmio.data"].offset + 8);
+  for (;;) {
+    if (Atomics.load(control, CONTROL_COMMAND) === COMMAND_STOP) return { reason: "stopped", exits: [] };
+    const reason = vcpu.enter();
+    switch (reason) {
+      case RUN_INTERRUPTED:
+        continue;
+      case KVM_EXIT.KVM_EXIT_IO: {
+        const size = run.get("io.size");
+        const count = run.get("io.count");
+        const port = run.get("io.port");
+        const dataOffset = Number(run.get("io.data_offset"));
+        // KVM chooses the offset, but a bad one must not let a device write past the run page.
+        if (dataOffset + size * count > runBytes.byteLength) return { reason: "error", exits: [describeExit(vcpu, reason)] };
+        const isOut = run.get("io.direction") === KVM_EXIT_IO_OUT;
+        // String I/O (rep ins/outs) hands over `count` elements at once.
+        for (let i = 0; i < count; i++) {
+          const data = runBytes.subarray(dataOffset + i * size, dataOffset + (i + 1) * size);
+          if (isOut) devices.pio.write(port, data);
+          else if (!devices.pio.read(port, data)) data.fill(0xff);
+        }
+        if (resetRequested) return { reason: "reset", exits: [] };
+        break;
+      }
+      case KVM_EXIT.KVM_EXIT_MMIO: {
+        const length = run.get("mmio.len");
+        if (length < 1 || length > 8) return { reason: "error", exits: [describeExit(vcpu, reason)] };
+        const address = Number(run.get("mmio.phys_addr"));
+        const data = mmioData.subarray(0, length);
+        if (run.get("mmio.is_write") !== 0) devices.mmio.write(address, data);
+        else if (!devices.mmio.read(address, data)) data.fill(0xff);
+        break;
+      }
+      case KVM_EXIT.KVM_EXIT_SHUTDOWN:
+        return { reason: "shutdown", exits: [] };
+      case KVM_EXIT.KVM_EXIT_HLT:
+        return { reason: "hlt", exits: [] };
+      default:
+        return { reason: "error", exits: [describeExit(vcpu, reason)] };
+    }
+  }
+}
+
 function runLoop(start: StartMessage): { reason: FinishReason; exits: ExitRecord[] } {
   const vcpu = new Vcpu(start.vcpu);
   const control = new Int32Array(start.control);
@@ -82,7 +143,7 @@ self.onmessage = (event: MessageEvent<ToWorker>) => {
   try {
     installKickHandler();
     post({ type: "started", vcpuId: start.vcpu.id, threadId: gettid() });
-    const { reason, exits } = runLoop(start);
+    const { reason, exits } = start.machine ? runMachineLoop(start, start.machine) : runLoop(start);
     post({ type: "finished", vcpuId: start.vcpu.id, reason, exits });
   } catch (error) {
     post({ type: "finished", vcpuId: start.vcpu.id, reason: "error", exits: [], error: error instanceof Error ? error.message : String(error) });

@@ -13,7 +13,8 @@
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { decideKvmMode, type KvmDecision } from "./kvm-mode.ts";
-import { prepareL1, runInL1 } from "./l1.ts";
+import { prepareGuestKernels } from "./guest-assets.ts";
+import { defaultCacheDir, prepareL1, runInL1 } from "./l1.ts";
 
 const checkout = resolve(import.meta.dir, "../..");
 const e2eDir = join(checkout, "test/e2e");
@@ -47,13 +48,14 @@ const testCommand = [
   ...process.argv.slice(2),
 ];
 const started = performance.now();
+const guestEnv = await prepareGuestKernels(defaultCacheDir());
 let exitCode: number;
 
 if (decision.mode === "native") {
   const proc = Bun.spawn(testCommand, {
     cwd: checkout,
     stdio: ["inherit", "inherit", "inherit"],
-    env: { ...process.env, VOLT_KVM_MODE: "native" },
+    env: { ...process.env, ...guestEnv, VOLT_KVM_MODE: "native" },
   });
   exitCode = await proc.exited;
 } else {
@@ -63,7 +65,7 @@ if (decision.mode === "native") {
   const result = await runInL1(assets, {
     command: testCommand,
     checkoutDir: checkout,
-    env: { VOLT_KVM_MODE: "nested" },
+    env: { ...guestEnv, VOLT_KVM_MODE: "nested" },
     passEnv: (process.env.VOLT_E2E_PASS_ENV ?? "").split(/[\s,]+/).filter((name) => name !== ""),
     timeoutMs,
     innerTimeoutMs: innerSeconds === undefined ? undefined : innerSeconds * 1000,

@@ -73,3 +73,15 @@ export const IOAPIC_PINS = 24;
  */
 export const KVM_IDENTITY_MAP_ADDRESS = 0xfffb_c000;
 export const KVM_TSS_ADDRESS = 0xfffb_d000;
+
+// ---------------------------------------------------------------- legacy devices
+/** COM1: where every PC console driver looks first, on its ISA interrupt. */
+export const SERIAL_PORT_BASE = 0x3f8;
+export const SERIAL_IRQ = 4;
+/** The i8042 keyboard controller (data 0x60, command/status 0x64): its reset command is how `reboot=k` guests reboot. */
+export const I8042_PORT_BASE = 0x60;
+/**
+ * The boot timer's page, just past the virtio-mmio window in the MMIO gap, so
+ * its address never moves as devices are added (a guest /init writes to it).
+ */
+export const BOOT_TIMER_ADDRESS = VIRTIO_MMIO_BASE + VIRTIO_MMIO_WINDOW_SIZE;

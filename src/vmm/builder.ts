@@ -1,0 +1,175 @@
+/**
+ * Builds a VM ready to boot, top to bottom like Firecracker's builder.rs:
+ * read and validate every input first (so a bad kernel never creates a VM),
+ * then create the VM, memory, irqchip, load the kernel, describe the machine
+ * to the guest, and create the vCPUs. The vCPUs are not started here.
+ */
+import { readFileSync, statSync } from "node:fs";
+import { writeBootParams } from "../arch/x86_64/boot-params.ts";
+import { BOOT_FPU, BOOT_MSRS, lapicWithLegacyLints, vcpuCpuid } from "../arch/x86_64/cpu-setup.ts";
+import { CMDLINE_ADDRESS, KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS, MiB } from "../arch/x86_64/layout.ts";
+import { e820Entries, guestRamRegions, lowRamEnd } from "../arch/x86_64/memory-map.ts";
+import { writeMpTable } from "../arch/x86_64/mptable.ts";
+import { writePvhStartInfo } from "../arch/x86_64/pvh.ts";
+import { setupBootCpu, type BootProtocol } from "../arch/x86_64/regs.ts";
+import { close } from "../ffi/syscalls.ts";
+import { Kvm } from "../kvm/system.ts";
+import { mapRunPage, unmapRunPage, Vcpu, type VcpuHandle } from "../kvm/vcpu.ts";
+import type { Vm } from "../kvm/vm.ts";
+import { CmdlineError, KernelCmdline, writeCmdline } from "../loader/cmdline.ts";
+import { inspectKernel, loadKernel, type KernelImage } from "../loader/detect.ts";
+import { KernelFormatError } from "../loader/errors.ts";
+import { loadInitrd } from "../loader/initrd.ts";
+import { GuestMemory } from "../memory/guest-memory.ts";
+import { DEFAULT_CMDLINE, MAX_VCPUS, type VmConfig } from "./config.ts";
+import { VmBuildError } from "./errors.ts";
+
+export interface BuiltVm {
+  readonly kvm: Kvm;
+  readonly vm: Vm;
+  readonly memory: GuestMemory;
+  readonly vcpus: readonly VcpuHandle[];
+  readonly kernel: { readonly format: KernelImage["format"]; readonly protocol: BootProtocol };
+  readonly cmdline: string;
+  /** Releases every kernel object and mapping (idempotent). */
+  dispose(): void;
+}
+
+interface Inputs {
+  readonly kernelBytes: Uint8Array;
+  readonly kernel: KernelImage;
+  readonly initrdBytes?: Uint8Array;
+  readonly memoryBytes: number;
+}
+
+function readInput(kind: "kernel" | "initrd", path: string): Uint8Array {
+  try {
+    if (!statSync(path).isFile()) throw new VmBuildError(kind, `${kind} ${path} is not a regular file`);
+    return new Uint8Array(readFileSync(path));
+  } catch (error) {
+    if (error instanceof VmBuildError) throw error;
+    const code = (error as NodeJS.ErrnoException).code;
+    const why = code === "ENOENT" ? "no such file" : code === "EACCES" ? "permission denied" : String(error);
+    throw new VmBuildError(kind, `cannot read ${kind} ${path}: ${why}`, { cause: error });
+  }
+}
+
+/** Everything that can be checked without KVM, so bad input fails before any VM exists. */
+export function validateInputs(config: VmConfig): Inputs {
+  if (!Number.isInteger(config.vcpus) || config.vcpus < 1 || config.vcpus > MAX_VCPUS) {
+    throw new VmBuildError("vcpus", `vcpus must be a whole number from 1 to ${MAX_VCPUS} (got ${config.vcpus})`);
+  }
+  const memoryBytes = config.memoryMiB * MiB;
+  try {
+    guestRamRegions(memoryBytes);
+  } catch (error) {
+    throw new VmBuildError("memory", `mem ${config.memoryMiB} MiB: ${(error as Error).message}`, { cause: error });
+  }
+  const kernelBytes = readInput("kernel", config.kernelPath);
+  let kernel: KernelImage;
+  try {
+    kernel = inspectKernel(kernelBytes);
+  } catch (error) {
+    if (error instanceof KernelFormatError) throw new VmBuildError("kernel", `kernel ${config.kernelPath}: ${error.message}`, { cause: error });
+    throw error;
+  }
+  const initrdBytes = config.initrdPath === undefined ? undefined : readInput("initrd", config.initrdPath);
+  return { kernelBytes, kernel, memoryBytes, ...(initrdBytes ? { initrdBytes } : {}) };
+}
+
+function buildCmdline(config: VmConfig, kernel: KernelImage): KernelCmdline {
+  const limit = kernel.format === "bzimage" ? kernel.cmdlineSize : undefined;
+  try {
+    return new KernelCmdline(limit).appendRaw(DEFAULT_CMDLINE).appendRaw(config.cmdline ?? "");
+  } catch (error) {
+    if (error instanceof CmdlineError) throw new VmBuildError("cmdline", error.message, { cause: error });
+    throw error;
+  }
+}
+
+export function buildForBoot(config: VmConfig): BuiltVm {
+  const inputs = validateInputs(config);
+  const cmdline = buildCmdline(config, inputs.kernel);
+
+  const kvm = Kvm.open(config.kvmPath);
+  const cleanups: (() => void)[] = [() => kvm.close()];
+  const dispose = () => {
+    for (const cleanup of cleanups.splice(0).reverse()) {
+      try {
+        cleanup();
+      } catch {
+        // Best effort: the process is about to drop these anyway.
+      }
+    }
+  };
+  try {
+    kvm.requireCapabilities();
+    const vm = kvm.createVm();
+    cleanups.push(() => vm.close());
+    // Intel VMX needs these pages for real-mode emulation; they sit in the MMIO gap, never in RAM.
+    vm.setTssAddress(KVM_TSS_ADDRESS);
+    vm.setIdentityMapAddress(KVM_IDENTITY_MAP_ADDRESS);
+    vm.createIrqchip();
+    vm.createPit();
+
+    const memory = GuestMemory.create(guestRamRegions(inputs.memoryBytes));
+    cleanups.push(() => memory.dispose());
+    memory.regions.forEach((region, slot) =>
+      vm.setUserMemoryRegion({ slot, guestAddress: region.guestAddress, size: region.size, hostAddress: region.hostAddress }),
+    );
+
+    const kernel = loadKernel(memory, inputs.kernelBytes);
+    const commandLine = writeCmdline(memory, cmdline, CMDLINE_ADDRESS);
+    const e820 = e820Entries(inputs.memoryBytes);
+    const initrd = inputs.initrdBytes
+      ? loadInitrd(memory, inputs.initrdBytes, {
+          lowRamEnd: lowRamEnd(inputs.memoryBytes),
+          kernelEnd: kernel.kernelEnd,
+          ...(kernel.format === "bzimage" ? { initrdAddrMax: kernel.initrdAddrMax } : {}),
+        })
+      : undefined;
+
+    // PVH enters a vmlinux in 32-bit mode and needs no page tables of ours; bzImages use the 64-bit protocol.
+    const protocol: BootProtocol = kernel.format === "elf" && kernel.pvhEntry !== undefined ? "pvh" : "linux64";
+    const entry = protocol === "pvh" && kernel.format === "elf" ? kernel.pvhEntry! : kernel.entry64;
+    if (protocol === "pvh") {
+      writePvhStartInfo(memory, { cmdlineAddress: commandLine.address, memoryMap: e820, ...(initrd ? { modules: [initrd] } : {}) });
+    } else {
+      writeBootParams(memory, {
+        ...(kernel.format === "bzimage" ? { setupHeader: kernel.setupHeader } : {}),
+        cmdline: commandLine,
+        ...(initrd ? { initrd } : {}),
+        e820,
+      });
+    }
+    writeMpTable(memory, config.vcpus);
+    const bootState = setupBootCpu(memory, protocol, entry);
+
+    const supportedCpuid = kvm.supportedCpuid();
+    const vcpus: VcpuHandle[] = [];
+    for (let id = 0; id < config.vcpus; id++) {
+      const fd = vm.createVcpu(id);
+      const handle: VcpuHandle = { id, fd, runAddress: mapRunPage(fd, vm.vcpuMmapSize), runSize: vm.vcpuMmapSize };
+      cleanups.push(() => {
+        unmapRunPage(handle);
+        close(fd);
+      });
+      vcpus.push(handle);
+      const vcpu = new Vcpu(handle);
+      // CPUID first: KVM checks control-register bits against the guest's CPUID.
+      vcpu.setCpuid(vcpuCpuid(supportedCpuid, id, config.vcpus));
+      vcpu.setMsrs(BOOT_MSRS);
+      vcpu.setFpu(BOOT_FPU);
+      vcpu.setLapic(lapicWithLegacyLints(vcpu.getLapic()));
+      // Only the boot CPU starts at the kernel; the others wait for INIT/SIPI from it.
+      if (id === 0) {
+        vcpu.updateSregs(bootState.sregs);
+        vcpu.updateRegs(bootState.regs);
+      }
+    }
+    return { kvm, vm, memory, vcpus, kernel: { format: kernel.format, protocol }, cmdline: cmdline.toString(), dispose };
+  } catch (error) {
+    dispose();
+    throw error;
+  }
+}

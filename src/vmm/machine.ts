@@ -1,0 +1,49 @@
+/**
+ * The machine's device map: which device answers which port or MMIO address.
+ * Every thread that handles exits (each vCPU worker, and the VMM thread for
+ * host-side input) builds the same map over the same shared device state.
+ */
+import { BOOT_TIMER_ADDRESS, I8042_PORT_BASE, SERIAL_IRQ, SERIAL_PORT_BASE } from "../arch/x86_64/layout.ts";
+import { Bus } from "../devices/bus.ts";
+import type { InterruptLine } from "../devices/interrupt.ts";
+import { BOOT_TIMER_SPAN, BootTimer, createBootTimerState } from "../devices/legacy/boot-timer.ts";
+import { I8042, I8042_SPAN } from "../devices/legacy/i8042.ts";
+import { SERIAL_REGISTER_COUNT, Serial16550, createSerialState } from "../devices/legacy/serial.ts";
+import { Vm } from "../kvm/vm.ts";
+import type { MachineShared } from "../vcpu/protocol.ts";
+
+export function createMachineShared(vmFd: number): MachineShared {
+  return { vmFd, serial: createSerialState(), bootTimer: createBootTimerState() };
+}
+
+/** An edge on an in-kernel irqchip input: raise then lower, so the IOAPIC sees one edge per event. */
+export function irqLine(vmFd: number, irq: number): InterruptLine {
+  const vm = new Vm(vmFd, 0);
+  return {
+    trigger() {
+      vm.setIrqLine(irq, 1);
+      vm.setIrqLine(irq, 0);
+    },
+  };
+}
+
+export interface MachineEvents {
+  readonly onResetRequest: () => void;
+  readonly onBoot: () => void;
+}
+
+export interface MachineDevices {
+  readonly pio: Bus;
+  readonly mmio: Bus;
+  readonly serial: Serial16550;
+}
+
+export function buildMachineDevices(shared: MachineShared, events: MachineEvents): MachineDevices {
+  const pio = new Bus();
+  const mmio = new Bus();
+  const serial = new Serial16550(shared.serial, irqLine(shared.vmFd, SERIAL_IRQ));
+  pio.insert(SERIAL_PORT_BASE, SERIAL_REGISTER_COUNT, serial, "serial (COM1)");
+  pio.insert(I8042_PORT_BASE, I8042_SPAN, new I8042(events.onResetRequest), "i8042");
+  mmio.insert(BOOT_TIMER_ADDRESS, BOOT_TIMER_SPAN, new BootTimer(shared.bootTimer, events.onBoot), "boot timer");
+  return { pio, mmio, serial };
+}

@@ -74,6 +74,52 @@ describe.skipIf(!kvmUsable)(`volt run boots Linux (${process.env.VOLT_KVM_MODE ?
   });
 });
 
+describe.skipIf(!kvmUsable)(`guest lifecycle: poweroff, panic, interactive console (${process.env.VOLT_KVM_MODE ?? "unknown"} KVM)`, () => {
+  // The fastest kernel at hand: these checks are about Volt, not the kernel.
+  const kernel = vmlinux ?? bzImage;
+
+  test("`poweroff -f` in the guest ends volt with status 0 and outcome poweroff", () => {
+    const image = join(work, "poweroff.cpio.gz");
+    writeFileSync(image, buildInitramfs({ script: "echo VOLT-POWEROFF-NEXT", exit: "poweroff" }));
+    const result = runVolt(["run", "--kernel", kernel!, "--initrd", image, "--json"]);
+    if (result.exitCode !== 0) console.error(result.stderr.slice(-3000));
+    expect(result.stderr).toContain("VOLT-POWEROFF-NEXT");
+    expect(JSON.parse(result.stdout)).toMatchObject({ ok: true, outcome: "poweroff" });
+    expect(result.exitCode).toBe(0);
+  });
+
+  test("a guest kernel panic ends volt within seconds with status 5", () => {
+    // An init that exits makes every Linux panic ("Attempted to kill init").
+    const result = runVolt(["run", "--kernel", kernel!, "--initrd", initramfs("panic", "true"), "--cmdline", "rdinit=/bin/busybox", "--json"], 120_000);
+    if (result.exitCode !== 5) console.error(result.stderr.slice(-3000));
+    expect(result.stderr).toContain("Kernel panic - not syncing");
+    expect(JSON.parse(result.stdout)).toMatchObject({ ok: false, outcome: "panic", exitCode: 5 });
+    expect(result.exitCode).toBe(5);
+  });
+
+  test("the guest's shell answers a command typed on the console", async () => {
+    const image = initramfs("interactive", 'echo VOLT-READY\nread -r line\necho "VOLT-GOT:$line"');
+    const child = Bun.spawn([volt, "run", "--kernel", kernel!, "--initrd", image, "--json"], { stdin: "pipe", stdout: "pipe", stderr: "pipe" });
+    const timer = setTimeout(() => child.kill("SIGKILL"), 240_000);
+    let console = "";
+    let typed = false;
+    const decoder = new TextDecoder();
+    for await (const chunk of child.stderr) {
+      console += decoder.decode(chunk);
+      if (!typed && console.includes("VOLT-READY")) {
+        typed = true;
+        child.stdin.write("hello from the host\n");
+        child.stdin.flush();
+      }
+    }
+    clearTimeout(timer);
+    const exitCode = await child.exited;
+    if (exitCode !== 0) globalThis.console.error(console.slice(-3000));
+    expect(console).toContain("VOLT-GOT:hello from the host");
+    expect(exitCode).toBe(0);
+  });
+});
+
 describe("volt run rejects bad input before creating a VM", () => {
   const kernel = bzImage ?? vmlinux ?? "/bin/sh";
   test.each([

@@ -3,15 +3,16 @@
  * tests run (inside L1 the host root is read-only). Tests read their paths
  * from the environment:
  *   VOLT_TEST_BZIMAGE — Debian's generic kernel (always; fetched from apt);
- *   VOLT_TEST_VMLINUX — an ELF vmlinux with the PVH note, when one is at hand
- *     (the team's minimal microVM kernel boots ~10x faster; tests must work
- *     without it, so it is optional).
+ *   VOLT_TEST_VMLINUX — an ELF vmlinux with the PVH note: the team's minimal
+ *     microVM kernel when it is at hand (it boots ~10x faster), otherwise the
+ *     vmlinux unpacked from Debian's bzImage, so the PVH path is always tested.
  */
 import { createHash } from "node:crypto";
 import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { gunzipSync } from "node:zlib";
 import { fetchDebianKernel } from "../../src/kernel/debian.ts";
+import { parseBzImage } from "../../src/loader/bzimage.ts";
 
 const MICROVM_KERNEL_DIR = resolve(import.meta.dir, "../../../shared/kernels/microvm-6.1");
 
@@ -33,7 +34,26 @@ export async function prepareGuestKernels(cacheDir: string): Promise<Record<stri
     }
     env.VOLT_TEST_VMLINUX = target;
   } else {
-    console.log(`guest-assets: no minimal microVM kernel at ${MICROVM_KERNEL_DIR}; ELF/PVH tests use what they can`);
+    console.log(`guest-assets: no minimal microVM kernel at ${MICROVM_KERNEL_DIR}; using the vmlinux inside Debian's bzImage`);
+    env.VOLT_TEST_VMLINUX = unpackVmlinux(debian.vmlinuzPath, cacheDir);
   }
   return env;
+}
+
+/** The ELF vmlinux inside an XZ-compressed bzImage (what the kernel's scripts/extract-vmlinux does). */
+function unpackVmlinux(bzImagePath: string, cacheDir: string): string {
+  const bytes = new Uint8Array(readFileSync(bzImagePath));
+  const image = parseBzImage(bytes);
+  const target = join(cacheDir, `vmlinux-of-${createHash("sha256").update(bytes).digest("hex").slice(0, 16)}`);
+  if (existsSync(target)) return target;
+  if (image.payload.compression !== "xz") throw new Error(`${bzImagePath}: payload is ${image.payload.compression}; only xz is unpacked here`);
+  const start = image.setupSize + image.payload.offset;
+  // The payload ends with the decompressed size (4 bytes) after the xz stream; --single-stream stops before it.
+  const xz = Bun.spawnSync(["xz", "-dc", "--single-stream", "-q"], { stdin: bytes.subarray(start, start + image.payload.length) });
+  if (xz.stdout.length < 4 || xz.stdout[0] !== 0x7f || xz.stdout[1] !== 0x45) {
+    throw new Error(`${bzImagePath}: xz did not yield an ELF vmlinux (${xz.stderr.toString().trim()})`);
+  }
+  writeFileSync(`${target}.tmp`, xz.stdout);
+  renameSync(`${target}.tmp`, target);
+  return target;
 }

@@ -114,7 +114,8 @@ describe.skipIf(!kvmUsable)(`guest lifecycle: poweroff, panic, interactive conso
     }
     clearTimeout(timer);
     const exitCode = await child.exited;
-    if (exitCode !== 0) globalThis.console.error(console.slice(-3000));
+    const outcome = await new Response(child.stdout).text();
+    if (exitCode !== 0 || !console.includes("VOLT-GOT")) globalThis.console.error(`exit ${exitCode}, outcome ${outcome}\n${console.slice(-1500)}`);
     expect(console).toContain("VOLT-GOT:hello from the host");
     expect(exitCode).toBe(0);
   });

@@ -18,6 +18,7 @@ export const SYSCALL_NUMBERS = {
   gettid: 186,
   tgkill: 234,
   openat: 257,
+  fallocate: 285,
   eventfd2: 290,
   memfd_create: 319,
 } as const;
@@ -93,4 +94,9 @@ export function gettid(): number {
 
 export function tgkill(pid: number, tid: number, signal: number): void {
   check("tgkill", rawSyscall(SYSCALL_NUMBERS.tgkill, pid, tid, signal));
+}
+
+/** fallocate(2): `mode` is a FALLOC_FL_* mask (<linux/falloc.h>); offset and length are bytes. */
+export function fallocate(fd: number, mode: number, offset: number, length: number, context?: string): void {
+  check("fallocate", rawSyscall(SYSCALL_NUMBERS.fallocate, fd, mode, offset, length), context);
 }

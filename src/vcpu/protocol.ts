@@ -29,7 +29,8 @@ export interface MachineShared {
   /** The VM fd, for KVM_IRQ_LINE from device interrupt lines. */
   readonly vmFd: number;
   readonly serial: SerialState;
-  readonly bootTimer: BootTimerState;
+  /** Present when the VM maps the boot-timer device. */
+  readonly bootTimer?: BootTimerState;
 }
 
 export interface StartMessage {

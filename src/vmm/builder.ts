@@ -5,6 +5,7 @@
  * to the guest, and create the vCPUs. The vCPUs are not started here.
  */
 import { readFileSync, statSync } from "node:fs";
+import { totalmem } from "node:os";
 import { writeBootParams } from "../arch/x86_64/boot-params.ts";
 import { BOOT_FPU, BOOT_MSRS, lapicWithLegacyLints, vcpuCpuid } from "../arch/x86_64/cpu-setup.ts";
 import { CMDLINE_ADDRESS, KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS, MiB } from "../arch/x86_64/layout.ts";
@@ -31,6 +32,7 @@ export interface BuiltVm {
   readonly vcpus: readonly VcpuHandle[];
   readonly kernel: { readonly format: KernelImage["format"]; readonly protocol: BootProtocol };
   readonly cmdline: string;
+  readonly config: VmConfig;
   /** Releases every kernel object and mapping (idempotent). */
   dispose(): void;
 }
@@ -60,6 +62,10 @@ export function validateInputs(config: VmConfig): Inputs {
     throw new VmBuildError("vcpus", `vcpus must be a whole number from 1 to ${MAX_VCPUS} (got ${config.vcpus})`);
   }
   const memoryBytes = config.memoryMiB * MiB;
+  // Guest RAM is allocated lazily, so an oversized VM would start and then be OOM-killed mid-boot: refuse it here.
+  if (memoryBytes > totalmem()) {
+    throw new VmBuildError("memory", `mem ${config.memoryMiB} MiB is more than this host's ${Math.floor(totalmem() / MiB)} MiB of RAM`);
+  }
   try {
     guestRamRegions(memoryBytes);
   } catch (error) {
@@ -167,7 +173,7 @@ export function buildForBoot(config: VmConfig): BuiltVm {
         vcpu.updateRegs(bootState.regs);
       }
     }
-    return { kvm, vm, memory, vcpus, kernel: { format: kernel.format, protocol }, cmdline: cmdline.toString(), dispose };
+    return { kvm, vm, memory, vcpus, kernel: { format: kernel.format, protocol }, cmdline: cmdline.toString(), config, dispose };
   } catch (error) {
     dispose();
     throw error;

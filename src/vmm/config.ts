@@ -7,7 +7,12 @@ export interface VmConfig {
   readonly memoryMiB: number;
   readonly vcpus: number;
   readonly kvmPath?: string;
+  /** Map Firecracker's boot-timer device, so the guest can report when it has booted. */
+  readonly bootTimer?: boolean;
 }
+
+export const DEFAULT_MEMORY_MIB = 128;
+export const DEFAULT_VCPUS = 1;
 
 /** Console on the UART, reboots and panics that reach the VMM, no PCI probing. */
 export const DEFAULT_CMDLINE = "console=ttyS0 reboot=k panic=1 pci=off i8042.noaux i8042.nomux i8042.dumbkbd";

@@ -12,8 +12,13 @@ import { SERIAL_REGISTER_COUNT, Serial16550, createSerialState } from "../device
 import { Vm } from "../kvm/vm.ts";
 import type { MachineShared } from "../vcpu/protocol.ts";
 
-export function createMachineShared(vmFd: number): MachineShared {
-  return { vmFd, serial: createSerialState(), bootTimer: createBootTimerState() };
+export interface MachineOptions {
+  /** Map the boot-timer device (off by default: it is for benchmarks, and an unused device is attack surface). */
+  readonly bootTimer?: boolean;
+}
+
+export function createMachineShared(vmFd: number, options: MachineOptions = {}): MachineShared {
+  return { vmFd, serial: createSerialState(), ...(options.bootTimer ? { bootTimer: createBootTimerState() } : {}) };
 }
 
 /** An edge on an in-kernel irqchip input: raise then lower, so the IOAPIC sees one edge per event. */
@@ -44,6 +49,6 @@ export function buildMachineDevices(shared: MachineShared, events: MachineEvents
   const serial = new Serial16550(shared.serial, irqLine(shared.vmFd, SERIAL_IRQ));
   pio.insert(SERIAL_PORT_BASE, SERIAL_REGISTER_COUNT, serial, "serial (COM1)");
   pio.insert(I8042_PORT_BASE, I8042_SPAN, new I8042(events.onResetRequest), "i8042");
-  mmio.insert(BOOT_TIMER_ADDRESS, BOOT_TIMER_SPAN, new BootTimer(shared.bootTimer, events.onBoot), "boot timer");
+  if (shared.bootTimer) mmio.insert(BOOT_TIMER_ADDRESS, BOOT_TIMER_SPAN, new BootTimer(shared.bootTimer, events.onBoot), "boot timer");
   return { pio, mmio, serial };
 }

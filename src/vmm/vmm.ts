@@ -42,7 +42,7 @@ const PUMP_INTERVAL_MS = 5;
 const STOP_GRACE_MS = 5000;
 
 export async function runVm(built: BuiltVm, options: RunOptions): Promise<VmOutcome> {
-  const shared = createMachineShared(built.vm.fd);
+  const shared = createMachineShared(built.vm.fd, { bootTimer: built.config.bootTimer ?? false });
   let bootTimeMs: number | undefined;
   let consoleTail = "";
   let consoleVerdict: { kind: OutcomeKind; detail: string } | undefined;

@@ -1,18 +1,23 @@
 import { defineCommand } from "citty";
+import { ConfigFileError, loadVmFile, type VmFile } from "../../config/vm-file.ts";
 import { KvmError } from "../../kvm/errors.ts";
 import { buildForBoot } from "../../vmm/builder.ts";
-import { DEFAULT_CMDLINE, MAX_VCPUS } from "../../vmm/config.ts";
+import { DEFAULT_CMDLINE, DEFAULT_MEMORY_MIB, DEFAULT_VCPUS, MAX_VCPUS, type VmConfig } from "../../vmm/config.ts";
 import { VmBuildError } from "../../vmm/errors.ts";
 import { runVm, type ConsoleIo, type VmOutcome } from "../../vmm/vmm.ts";
 import { EXIT, type ExitCode } from "../exit-codes.ts";
 import { CliError, printJson, rejectUnknownFlags, reportError, usageError } from "../output.ts";
 
+// No citty defaults for values a config file may set: a flag given on the command line must be told apart from one left out.
 const args = {
-  kernel: { type: "string", description: "Guest kernel: ELF vmlinux (PVH entry when present) or bzImage", valueHint: "path", required: true },
+  config: { type: "string", description: "VM config file (JSON); flags given on the command line override its fields", valueHint: "path" },
+  kernel: { type: "string", description: "Guest kernel: ELF vmlinux (PVH entry when present) or bzImage", valueHint: "path" },
   initrd: { type: "string", description: "Initial ramdisk (cpio, optionally compressed)", valueHint: "path" },
   cmdline: { type: "string", description: `Extra kernel parameters, after Volt's defaults ("${DEFAULT_CMDLINE}")`, valueHint: "params" },
-  mem: { type: "string", description: "Guest memory in MiB", default: "128", valueHint: "MiB" },
-  vcpus: { type: "string", description: `Number of vCPUs (1-${MAX_VCPUS})`, default: "1", valueHint: "N" },
+  mem: { type: "string", description: `Guest memory in MiB (default ${DEFAULT_MEMORY_MIB})`, valueHint: "MiB" },
+  vcpus: { type: "string", description: `Number of vCPUs, 1-${MAX_VCPUS} (default ${DEFAULT_VCPUS})`, valueHint: "N" },
+  "boot-timer": { type: "boolean", description: "Map the boot-timer device; the outcome reports bootTimeMs when the guest writes it" },
+  "on-reboot": { type: "string", description: "What a guest reboot does: exit (default) or restart the VM from its kernel", valueHint: "exit|restart" },
   json: { type: "boolean", description: "Console to stderr; one JSON document with the outcome to stdout", default: false },
 } as const;
 
@@ -22,7 +27,10 @@ export const runCommand = defineCommand({
     description:
       "Boot a Linux guest and attach its serial console to this terminal (or pipe).\n\n" +
       "Examples:\n  volt run --kernel vmlinux --initrd initrd.cpio.gz\n" +
-      "  volt run --kernel bzImage --initrd initrd.img --mem 512 --vcpus 2 --cmdline 'quiet'\n\n" +
+      "  volt run --kernel bzImage --initrd initrd.img --mem 512 --vcpus 2 --cmdline 'quiet'\n" +
+      "  volt run --config vm.json --vcpus 4      (the flag overrides the file)\n\n" +
+      "Config file fields: kernel, initrd, cmdline, memMiB, vcpus, bootTimer, onReboot (relative paths are\n" +
+      "relative to the file).\n\n" +
       "Exit status: 0 guest powered off or rebooted, 2 bad input (no VM created), 3 no usable KVM,\n" +
       "5 guest kernel panic, 6 VM failure, 130/143 stopped by SIGINT/SIGTERM.",
   },
@@ -32,27 +40,76 @@ export const runCommand = defineCommand({
     const json = parsed.json;
     try {
       rejectUnknownFlags(rawArgs, args);
-      const memoryMiB = wholeNumber("mem", parsed.mem);
-      const vcpus = wholeNumber("vcpus", parsed.vcpus);
-      const built = build({ kernelPath: parsed.kernel, memoryMiB, vcpus, ...(parsed.initrd ? { initrdPath: parsed.initrd } : {}), ...(parsed.cmdline ? { cmdline: parsed.cmdline } : {}) });
-      let outcome: VmOutcome;
-      try {
-        outcome = await runVm(built, { console: terminalConsole(json ? process.stderr : process.stdout), startedAtMs });
-      } finally {
-        built.dispose();
+      const { config, onReboot } = resolveConfig(parsed);
+      const consoleIo = terminalConsole(json ? process.stderr : process.stdout);
+      let restarts = 0;
+      for (;;) {
+        const built = build(config);
+        let outcome: VmOutcome;
+        try {
+          outcome = await runVm(built, { console: consoleIo, startedAtMs });
+        } finally {
+          built.dispose();
+        }
+        if (outcome.kind === "reboot" && onReboot === "restart") {
+          restarts++;
+          if (!json) process.stderr.write(`volt: ${outcome.detail}; restarting the VM (restart ${restarts})\n`);
+          continue;
+        }
+        const exitCode = exitCodeFor(outcome);
+        if (json) {
+          printJson({
+            ok: exitCode === EXIT.ok,
+            outcome: outcome.kind,
+            detail: outcome.detail,
+            exitCode,
+            kernel: built.kernel,
+            cmdline: built.cmdline,
+            restarts,
+            ...(outcome.bootTimeMs !== undefined ? { bootTimeMs: outcome.bootTimeMs } : {}),
+          });
+        } else if (exitCode !== EXIT.ok) {
+          process.stderr.write(`volt: ${outcome.detail}\n`);
+        }
+        process.exitCode = exitCode;
+        return;
       }
-      const exitCode = exitCodeFor(outcome);
-      if (json) {
-        printJson({ ok: exitCode === EXIT.ok, outcome: outcome.kind, detail: outcome.detail, exitCode, kernel: built.kernel, cmdline: built.cmdline, ...(outcome.bootTimeMs !== undefined ? { bootTimeMs: outcome.bootTimeMs } : {}) });
-      } else if (exitCode !== EXIT.ok) {
-        process.stderr.write(`volt: ${outcome.detail}\n`);
-      }
-      process.exitCode = exitCode;
     } catch (error) {
       process.exitCode = reportError(error, json);
     }
   },
 });
+
+type ParsedArgs = { [K in keyof typeof args]?: string | boolean | undefined };
+
+/** Config file first, then the flags on top of it, then defaults for whatever neither gave. */
+function resolveConfig(parsed: ParsedArgs): { config: VmConfig; onReboot: "exit" | "restart" } {
+  let file: VmFile = {};
+  if (typeof parsed.config === "string") {
+    try {
+      file = loadVmFile(parsed.config);
+    } catch (error) {
+      if (error instanceof ConfigFileError) throw new CliError("config", error.message, EXIT.usage, { cause: error });
+      throw error;
+    }
+  }
+  const kernelPath = typeof parsed.kernel === "string" ? parsed.kernel : file.kernel;
+  if (kernelPath === undefined) throw usageError("no kernel: give --kernel PATH or a config file with a \"kernel\" field");
+  const initrdPath = typeof parsed.initrd === "string" ? parsed.initrd : file.initrd;
+  const cmdline = typeof parsed.cmdline === "string" ? parsed.cmdline : file.cmdline;
+  const memoryMiB = typeof parsed.mem === "string" ? wholeNumber("mem", parsed.mem) : (file.memMiB ?? DEFAULT_MEMORY_MIB);
+  const vcpus = typeof parsed.vcpus === "string" ? wholeNumber("vcpus", parsed.vcpus) : (file.vcpus ?? DEFAULT_VCPUS);
+  const bootTimer = typeof parsed["boot-timer"] === "boolean" ? parsed["boot-timer"] : (file.bootTimer ?? false);
+  const onRebootFlag = parsed["on-reboot"];
+  if (typeof onRebootFlag === "string" && onRebootFlag !== "exit" && onRebootFlag !== "restart") {
+    throw usageError(`--on-reboot must be exit or restart (got '${onRebootFlag}')`);
+  }
+  const onReboot = (onRebootFlag as "exit" | "restart" | undefined) ?? file.onReboot ?? "exit";
+  return {
+    config: { kernelPath, memoryMiB, vcpus, bootTimer, ...(initrdPath !== undefined ? { initrdPath } : {}), ...(cmdline !== undefined ? { cmdline } : {}) },
+    onReboot,
+  };
+}
 
 function wholeNumber(flag: string, value: string): number {
   if (!/^\d+$/.test(value)) throw usageError(`--${flag} must be a whole number (got '${value}')`);

@@ -1,0 +1,110 @@
+/**
+ * The VM config file (`volt run --config vm.json`): one JSON document that
+ * says what a VM is made of. It is checked with valibot before anything else
+ * happens, and every complaint names the field by its path
+ * (`vcpus`, `drives[1].path`), so a script author can find the mistake.
+ *
+ * Relative paths inside the file are relative to the file's directory, not to
+ * wherever volt was started: a config file and its kernel can move together.
+ */
+import { readFileSync } from "node:fs";
+import { dirname, isAbsolute, resolve } from "node:path";
+import * as v from "valibot";
+import { MAX_VCPUS } from "../vmm/config.ts";
+
+export const MAX_MEMORY_MIB = 1024 * 1024;
+
+const path = v.pipe(v.string("must be a path (a string)"), v.nonEmpty("must not be empty"));
+
+export const VmFileSchema = v.strictObject(
+  {
+    kernel: v.optional(path),
+    initrd: v.optional(path),
+    cmdline: v.optional(v.string("must be a string of kernel parameters")),
+    memMiB: v.optional(
+      v.pipe(
+        v.number("must be a number of MiB"),
+        v.integer("must be a whole number of MiB"),
+        v.minValue(1, "must be at least 1 MiB"),
+        v.maxValue(MAX_MEMORY_MIB, `must be at most ${MAX_MEMORY_MIB} MiB`),
+      ),
+    ),
+    vcpus: v.optional(
+      v.pipe(
+        v.number("must be a number"),
+        v.integer(`must be a whole number from 1 to ${MAX_VCPUS}`),
+        v.minValue(1, `must be a whole number from 1 to ${MAX_VCPUS}`),
+        v.maxValue(MAX_VCPUS, `must be a whole number from 1 to ${MAX_VCPUS}`),
+      ),
+    ),
+    bootTimer: v.optional(v.boolean("must be true or false")),
+    onReboot: v.optional(v.picklist(["exit", "restart"], 'must be "exit" or "restart"')),
+  },
+  "must be a JSON object",
+);
+
+export type VmFile = v.InferOutput<typeof VmFileSchema>;
+
+export class ConfigFileError extends Error {
+  override name = "ConfigFileError";
+  readonly file: string;
+  /** Each problem as "field.path: what is wrong". */
+  readonly problems: readonly string[];
+
+  constructor(file: string, problems: readonly string[]) {
+    super(`config ${file}: ${problems.join("; ")}`);
+    this.file = file;
+    this.problems = problems;
+  }
+}
+
+export function loadVmFile(file: string): VmFile {
+  let text: string;
+  try {
+    text = readFileSync(file, "utf8");
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    const why = code === "ENOENT" ? "no such file" : code === "EACCES" ? "permission denied" : code === "EISDIR" ? "is a directory" : String(error);
+    throw new ConfigFileError(file, [`cannot read it: ${why}`]);
+  }
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (error) {
+    throw new ConfigFileError(file, [`not valid JSON: ${(error as Error).message}`]);
+  }
+  return parseVmFile(file, json);
+}
+
+/** Validates an already-parsed document; `file` names it in errors and anchors relative paths. */
+export function parseVmFile(file: string, json: unknown): VmFile {
+  // valibot takes an array for an object; a config that is a list is a mistake worth naming.
+  if (typeof json !== "object" || json === null || Array.isArray(json)) throw new ConfigFileError(file, ["the document must be a JSON object"]);
+  const result = v.safeParse(VmFileSchema, json, { abortPipeEarly: true });
+  if (!result.success) throw new ConfigFileError(file, result.issues.map(describeIssue));
+  const base = dirname(resolve(file));
+  const anchored = (p: string | undefined) => (p === undefined || isAbsolute(p) ? p : resolve(base, p));
+  const config = { ...result.output };
+  if (config.kernel !== undefined) config.kernel = anchored(config.kernel)!;
+  if (config.initrd !== undefined) config.initrd = anchored(config.initrd)!;
+  return config;
+}
+
+function describeIssue(issue: v.BaseIssue<unknown>): string {
+  const where = fieldPath(issue.path);
+  if (issue.kind === "schema" && issue.type === "strict_object" && issue.path?.length) {
+    // valibot reports an unknown key with that key as the last path item.
+    return `${where}: unknown field (allowed: ${Object.keys(VmFileSchema.entries).join(", ")})`;
+  }
+  return where ? `${where}: ${issue.message}` : `the document ${issue.message}`;
+}
+
+function fieldPath(path: v.BaseIssue<unknown>["path"]): string {
+  if (!path) return "";
+  let text = "";
+  for (const item of path) {
+    const key = (item as { key: unknown }).key;
+    text += typeof key === "number" ? `[${key}]` : text === "" ? String(key) : `.${String(key)}`;
+  }
+  return text;
+}

@@ -9,6 +9,8 @@ import { SyscallError } from "./errno.ts";
 import { rawSyscall } from "./shim.ts";
 
 export const SYSCALL_NUMBERS = {
+  read: 0,
+  write: 1,
   close: 3,
   mmap: 9,
   munmap: 11,
@@ -18,6 +20,7 @@ export const SYSCALL_NUMBERS = {
   gettid: 186,
   tgkill: 234,
   openat: 257,
+  ppoll: 271,
   fallocate: 285,
   eventfd2: 290,
   memfd_create: 319,
@@ -32,6 +35,9 @@ export const MAP_ANONYMOUS = 0x20;
 export const MFD_CLOEXEC = 0x1;
 export const O_RDWR = 0x2;
 export const O_CLOEXEC = 0x80000;
+export const EFD_CLOEXEC = 0x80000;
+export const EFD_NONBLOCK = 0x800;
+export const POLLIN = 0x1;
 const AT_FDCWD = -100;
 
 function check(call: string, result: number, context?: string): number {
@@ -99,4 +105,46 @@ export function tgkill(pid: number, tid: number, signal: number): void {
 /** fallocate(2): `mode` is a FALLOC_FL_* mask (<linux/falloc.h>); offset and length are bytes. */
 export function fallocate(fd: number, mode: number, offset: number, length: number, context?: string): void {
   check("fallocate", rawSyscall(SYSCALL_NUMBERS.fallocate, fd, mode, offset, length), context);
+}
+
+/** An eventfd: KVM's ioeventfds and irqfds, and Volt's own wake-ups between threads. */
+export function eventfd(flags = EFD_CLOEXEC | EFD_NONBLOCK): number {
+  return check("eventfd2", rawSyscall(SYSCALL_NUMBERS.eventfd2, 0, flags));
+}
+
+const eventfdValue = new BigUint64Array(1);
+
+/** Adds one to an eventfd's counter (wakes whoever polls it). */
+export function signalEventfd(fd: number): void {
+  eventfdValue[0] = 1n;
+  check("write", rawSyscall(SYSCALL_NUMBERS.write, fd, ptr(eventfdValue), 8), "eventfd");
+}
+
+/** Reads and clears a non-blocking eventfd's counter; 0 when it was not signalled. */
+export function drainEventfd(fd: number): number {
+  const result = rawSyscall(SYSCALL_NUMBERS.read, fd, ptr(eventfdValue), 8);
+  if (result === -11) return 0; // EAGAIN
+  check("read", result, "eventfd");
+  return Number(eventfdValue[0]);
+}
+
+/**
+ * Blocks until one of `fds` is readable or `timeoutMs` passes (negative: no
+ * limit). Returns, for each fd, whether it is readable. EINTR counts as "none".
+ */
+export function pollReadable(fds: readonly number[], timeoutMs: number): boolean[] {
+  const table = new Int32Array(fds.length * 2);
+  fds.forEach((fd, i) => {
+    table[i * 2] = fd;
+    table[i * 2 + 1] = POLLIN; // events (u16), revents (u16) = 0
+  });
+  const timespec = new BigInt64Array(2);
+  if (timeoutMs >= 0) {
+    timespec[0] = BigInt(Math.floor(timeoutMs / 1000));
+    timespec[1] = BigInt(Math.round((timeoutMs % 1000) * 1e6));
+  }
+  const result = rawSyscall(SYSCALL_NUMBERS.ppoll, ptr(table), fds.length, timeoutMs >= 0 ? ptr(timespec) : 0, 0, 8);
+  if (result === -4) return fds.map(() => false); // EINTR
+  check("ppoll", result);
+  return fds.map((_, i) => ((table[i * 2 + 1]! >>> 16) & POLLIN) !== 0);
 }

@@ -142,6 +142,11 @@ export const kvm_irqfd = defineStruct("struct kvm_irqfd", 32, {
   resamplefd: [12, "u32"],
 });
 
+export const KVM_IOEVENTFD_FLAG_DATAMATCH = 1 << 0;
+export const KVM_IOEVENTFD_FLAG_PIO = 1 << 1;
+export const KVM_IOEVENTFD_FLAG_DEASSIGN = 1 << 2;
+export const KVM_IRQFD_FLAG_DEASSIGN = 1 << 0;
+
 export const kvm_ioeventfd = defineStruct("struct kvm_ioeventfd", 64, {
   datamatch: [0, "u64"],
   addr: [8, "u64"],

@@ -1,6 +1,6 @@
 /** A KVM virtual machine file descriptor (rust-vmm's `VmFd`). */
 import { close, ioctl, ioctlBuffer } from "../ffi/syscalls.ts";
-import { KVM_IOCTL, kvm_irq_level, kvm_pit_config, kvm_userspace_memory_region } from "./abi.ts";
+import { KVM_IOCTL, KVM_IOEVENTFD_FLAG_DATAMATCH, kvm_ioeventfd, kvm_irq_level, kvm_irqfd, kvm_pit_config, kvm_userspace_memory_region } from "./abi.ts";
 import { StructView } from "./struct.ts";
 
 export interface MemorySlot {
@@ -60,6 +60,26 @@ export class Vm {
   setIrqLine(irq: number, level: 0 | 1): void {
     const request = new StructView(kvm_irq_level).set("irq", irq).set("level", level);
     ioctlBuffer(this.fd, KVM_IOCTL.KVM_IRQ_LINE, request.bytes, `KVM_IRQ_LINE ${irq}`);
+  }
+
+  /**
+   * Guest writes of `length` bytes to MMIO `address` (equal to `datamatch`
+   * when given) signal `eventFd` inside KVM instead of exiting to Volt.
+   */
+  registerIoeventfd(eventFd: number, address: number, length: number, datamatch?: number): void {
+    const request = new StructView(kvm_ioeventfd)
+      .set("addr", BigInt(address))
+      .set("len", length)
+      .set("fd", eventFd)
+      .set("flags", datamatch === undefined ? 0 : KVM_IOEVENTFD_FLAG_DATAMATCH)
+      .set("datamatch", BigInt(datamatch ?? 0));
+    ioctlBuffer(this.fd, KVM_IOCTL.KVM_IOEVENTFD, request.bytes, `KVM_IOEVENTFD 0x${address.toString(16)}`);
+  }
+
+  /** Each signal of `eventFd` becomes an edge on irqchip input `gsi`, raised inside KVM from any thread. */
+  registerIrqfd(eventFd: number, gsi: number): void {
+    const request = new StructView(kvm_irqfd).set("fd", eventFd).set("gsi", gsi);
+    ioctlBuffer(this.fd, KVM_IOCTL.KVM_IRQFD, request.bytes, `KVM_IRQFD gsi ${gsi}`);
   }
 
   close(): void {

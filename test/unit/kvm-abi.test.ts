@@ -16,6 +16,10 @@ const constants: Record<string, number> = {
   KVM_API_VERSION: abi.KVM_API_VERSION,
   KVM_EXIT_IO_IN: abi.KVM_EXIT_IO_IN,
   KVM_EXIT_IO_OUT: abi.KVM_EXIT_IO_OUT,
+  KVM_IOEVENTFD_FLAG_DATAMATCH: abi.KVM_IOEVENTFD_FLAG_DATAMATCH,
+  KVM_IOEVENTFD_FLAG_PIO: abi.KVM_IOEVENTFD_FLAG_PIO,
+  KVM_IOEVENTFD_FLAG_DEASSIGN: abi.KVM_IOEVENTFD_FLAG_DEASSIGN,
+  KVM_IRQFD_FLAG_DEASSIGN: abi.KVM_IRQFD_FLAG_DEASSIGN,
   ...abi.KVM_IOCTL,
   ...abi.KVM_CAP,
   ...abi.KVM_EXIT,
@@ -30,13 +34,16 @@ const constants: Record<string, number> = {
   MFD_CLOEXEC: sys.MFD_CLOEXEC,
   O_RDWR: sys.O_RDWR,
   O_CLOEXEC: sys.O_CLOEXEC,
+  EFD_CLOEXEC: sys.EFD_CLOEXEC,
+  EFD_NONBLOCK: sys.EFD_NONBLOCK,
+  POLLIN: sys.POLLIN,
 };
 
 describe("KVM ABI matches <linux/kvm.h>", () => {
   const expected = tsExpectations(layouts, constants);
   const actual = cValues(
     {
-      includes: ["errno.h", "sys/mman.h", "sys/syscall.h", "fcntl.h", "linux/memfd.h", "linux/kvm.h"],
+      includes: ["errno.h", "sys/mman.h", "sys/syscall.h", "fcntl.h", "poll.h", "sys/eventfd.h", "linux/memfd.h", "linux/kvm.h"],
     },
     [...expected.keys()],
   );

@@ -101,6 +101,14 @@ describe("buildInitramfs", () => {
     expect(script).toBeGreaterThan(insmodB);
     expect(init.indexOf(`echo "${INIT_EXIT_MARKER}$rc"`)).toBeGreaterThan(script);
     expect(init).toContain("\npoweroff -f\n");
+
+    // insmod gets the module's "name.param=value" words from the kernel command line, as modprobe would pass them.
+    expect(init).toContain("insmod /lib/modules/kvm-amd.ko $(module_options kvm_amd)");
+    const fn = init.slice(init.indexOf("module_options() {"), init.indexOf("\n}\n", init.indexOf("module_options() {")) + 3);
+    const cmdline = join(scratch, "cmdline");
+    writeFileSync(cmdline, "console=ttyS0 kvm_amd.nested=1 kvm_amd.npt=0 kvm_amdx.y=2 other.z=3 kvm_amd\n");
+    const shell = Bun.spawnSync(["sh", "-c", `${fn.replace("/proc/cmdline", cmdline)}\necho $(module_options kvm_amd)`]);
+    expect(shell.stdout.toString().trim()).toBe("nested=1 npt=0");
   });
 
   test("the generated /init runs: script exit code is printed as the marker line", () => {

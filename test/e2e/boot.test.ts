@@ -6,6 +6,7 @@ import { afterAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { BOOT_TIMER_ADDRESS } from "../../src/arch/x86_64/layout.ts";
 import { buildInitramfs } from "../../src/image/initramfs.ts";
 import { requireKvm } from "./kvm.ts";
 
@@ -66,13 +67,26 @@ describe.skipIf(!kvmUsable)(`volt run boots Linux (${process.env.VOLT_KVM_MODE ?
     expect(probe.memTotalKiB).toBeLessThanOrEqual(256 * 1024);
   });
 
-  test.skipIf(!vmlinux && !inCi)("an ELF vmlinux boots through PVH", () => {
-    const result = runVolt(["run", "--kernel", vmlinux!, "--initrd", initramfs("pvh", PROBE), "--mem", "128", "--json"]);
+  test.skipIf(!vmlinux && !inCi)("an ELF vmlinux boots through PVH from a config file: 4 vCPUs, 512 MiB, the boot timer reports", () => {
+    // The guest's /init writes the boot timer's magic byte first, as a benchmark guest would.
+    const script = `devmem 0x${BOOT_TIMER_ADDRESS.toString(16)} 8 123\n${PROBE}`;
+    const config = join(work, "pvh-vm.json");
+    // Relative paths in a config file are relative to the file.
+    const initrd = initramfs("pvh", script);
+    writeFileSync(config, JSON.stringify({ kernel: vmlinux, initrd: initrd.slice(work.length + 1), memMiB: 512, vcpus: 4, bootTimer: true }));
+    const result = runVolt(["run", "--config", config, "--json"]);
     console.log(`vmlinux (PVH) boot took ${result.seconds.toFixed(1)} s`);
     if (result.exitCode !== 0) console.error(result.stderr.slice(-4000));
     expect(result.stderr).toContain("VOLT-PROBE-END");
-    expect(JSON.parse(result.stdout)).toMatchObject({ ok: true, kernel: { format: "elf", protocol: "pvh" } });
-    expect(parseProbe(result.stderr).nproc).toBe(1);
+    const outcome = JSON.parse(result.stdout);
+    expect(outcome).toMatchObject({ ok: true, kernel: { format: "elf", protocol: "pvh" } });
+    const probe = parseProbe(result.stderr);
+    expect(probe.nproc).toBe(4);
+    expect(probe.memTotalKiB).toBeGreaterThan(450 * 1024);
+    expect(probe.memTotalKiB).toBeLessThanOrEqual(512 * 1024);
+    // From VMM start to the write: positive, and shorter than the whole run.
+    expect(outcome.bootTimeMs).toBeGreaterThan(0);
+    expect(outcome.bootTimeMs).toBeLessThan(result.seconds * 1000);
   });
 });
 
@@ -80,13 +94,16 @@ describe.skipIf(!kvmUsable)(`guest lifecycle: poweroff, panic, interactive conso
   // The fastest kernel at hand: these checks are about Volt, not the kernel.
   const kernel = vmlinux ?? bzImage;
 
-  test("`poweroff -f` in the guest ends volt with status 0 and outcome poweroff", () => {
+  test("`poweroff -f` in the guest ends volt with status 0 and outcome poweroff; without --boot-timer a timer write reports nothing", () => {
     const image = join(work, "poweroff.cpio.gz");
-    writeFileSync(image, buildInitramfs({ script: "echo VOLT-POWEROFF-NEXT", exit: "poweroff" }));
+    const script = `devmem 0x${BOOT_TIMER_ADDRESS.toString(16)} 8 123\necho VOLT-POWEROFF-NEXT`;
+    writeFileSync(image, buildInitramfs({ script, exit: "poweroff" }));
     const result = runVolt(["run", "--kernel", kernel!, "--initrd", image, "--json"]);
     if (result.exitCode !== 0) console.error(result.stderr.slice(-3000));
     expect(result.stderr).toContain("VOLT-POWEROFF-NEXT");
-    expect(JSON.parse(result.stdout)).toMatchObject({ ok: true, outcome: "poweroff" });
+    const outcome = JSON.parse(result.stdout);
+    expect(outcome).toMatchObject({ ok: true, outcome: "poweroff" });
+    expect(outcome.bootTimeMs).toBeUndefined();
     expect(result.exitCode).toBe(0);
   });
 
@@ -99,42 +116,57 @@ describe.skipIf(!kvmUsable)(`guest lifecycle: poweroff, panic, interactive conso
     expect(result.exitCode).toBe(5);
   });
 
-  test("the guest's shell answers a command typed on the console", async () => {
-    const image = initramfs("interactive", 'echo VOLT-READY\nread -r line\necho "VOLT-GOT:$line"');
-    const child = Bun.spawn([volt, "run", "--kernel", kernel!, "--initrd", image, "--json"], { stdin: "pipe", stdout: "pipe", stderr: "pipe" });
+  /** Starts volt on `script` and calls `onConsole` with the console so far after each chunk; resolves when volt exits. */
+  async function watchVolt(args: string[], onConsole: (console: string, child: Bun.Subprocess<"pipe", "pipe", "pipe">) => void) {
+    const child = Bun.spawn([volt, ...args, "--json"], { stdin: "pipe", stdout: "pipe", stderr: "pipe" });
     const timer = setTimeout(() => child.kill("SIGKILL"), 240_000);
     let console = "";
-    let typed = false;
     const decoder = new TextDecoder();
     for await (const chunk of child.stderr) {
       console += decoder.decode(chunk);
+      onConsole(console, child);
+    }
+    clearTimeout(timer);
+    const exitCode = await child.exited;
+    const stdout = await new Response(child.stdout).text();
+    return { exitCode, console, stdout };
+  }
+
+  test("--on-reboot restart boots the guest again after a reboot; SIGTERM then stops it with status 143", async () => {
+    const image = initramfs("restart", "echo VOLT-BOOTED-MARK");
+    let signalled = false;
+    const result = await watchVolt(["run", "--kernel", kernel!, "--initrd", image, "--on-reboot", "restart"], (console, child) => {
+      if (!signalled && console.split("VOLT-BOOTED-MARK").length > 2) {
+        signalled = true;
+        child.kill("SIGTERM");
+      }
+    });
+    if (result.exitCode !== 143) globalThis.console.error(`exit ${result.exitCode}, outcome ${result.stdout}\n${result.console.slice(-2000)}`);
+    expect(signalled).toBe(true);
+    expect(result.exitCode).toBe(143);
+    const outcome = JSON.parse(result.stdout);
+    expect(outcome).toMatchObject({ ok: false, outcome: "signal", exitCode: 143 });
+    expect(outcome.restarts).toBeGreaterThanOrEqual(1);
+  });
+
+  test("the guest's shell answers a command typed on the console; SIGINT then stops volt with status 130", async () => {
+    const image = initramfs("interactive", 'echo VOLT-READY\nread -r line\necho "VOLT-GOT:$line"\nsleep 600');
+    let typed = false;
+    let interrupted = false;
+    const result = await watchVolt(["run", "--kernel", kernel!, "--initrd", image], (console, child) => {
       if (!typed && console.includes("VOLT-READY")) {
         typed = true;
         child.stdin.write("hello from the host\n");
         child.stdin.flush();
       }
-    }
-    clearTimeout(timer);
-    const exitCode = await child.exited;
-    const outcome = await new Response(child.stdout).text();
-    if (exitCode !== 0 || !console.includes("VOLT-GOT")) globalThis.console.error(`exit ${exitCode}, outcome ${outcome}\n${console.slice(-1500)}`);
-    expect(console).toContain("VOLT-GOT:hello from the host");
-    expect(exitCode).toBe(0);
-  });
-});
-
-describe("volt run rejects bad input before creating a VM", () => {
-  const kernel = bzImage ?? vmlinux ?? "/bin/sh";
-  test.each([
-    ["a missing kernel", ["--kernel", "/no/such/kernel"], "cannot read kernel /no/such/kernel: no such file"],
-    ["a file that is not a kernel", ["--kernel", "/etc/hostname"], "not a Linux kernel"],
-    ["--mem 0", ["--kernel", kernel, "--mem", "0"], "mem 0 MiB"],
-    ["--vcpus 0", ["--kernel", kernel, "--vcpus", "0"], "vcpus must be a whole number from 1 to 64"],
-    ["--mem that is not a number", ["--kernel", kernel, "--mem", "lots"], "--mem must be a whole number"],
-    ["an unknown option", ["--kernel", kernel, "--memory", "64"], "unknown option '--memory'"],
-  ])("%s", (_, args, message) => {
-    const result = runVolt(["run", ...args]);
-    expect(result.exitCode).toBe(2);
-    expect(result.stderr).toContain(message);
+      if (!interrupted && console.includes("VOLT-GOT")) {
+        interrupted = true;
+        child.kill("SIGINT");
+      }
+    });
+    if (result.exitCode !== 130) globalThis.console.error(`exit ${result.exitCode}, outcome ${result.stdout}\n${result.console.slice(-1500)}`);
+    expect(result.console).toContain("VOLT-GOT:hello from the host");
+    expect(result.exitCode).toBe(130);
+    expect(JSON.parse(result.stdout)).toMatchObject({ ok: false, outcome: "signal", detail: "stopped by SIGINT", exitCode: 130 });
   });
 });

@@ -6,6 +6,7 @@
  */
 import type { BootTimerState } from "../devices/legacy/boot-timer.ts";
 import type { SerialState } from "../devices/legacy/serial.ts";
+import type { VirtioShared } from "../devices/virtio/io-thread.ts";
 import type { VcpuHandle } from "../kvm/vcpu.ts";
 
 export type ExitRecord =
@@ -29,6 +30,8 @@ export interface MachineShared {
   /** The VM fd, for KVM_IRQ_LINE from device interrupt lines. */
   readonly vmFd: number;
   readonly serial: SerialState;
+  /** The virtio-mmio devices: transport state (served on vCPU exits) and eventfds. */
+  readonly virtio: VirtioShared;
   /** Present when the VM maps the boot-timer device. */
   readonly bootTimer?: BootTimerState;
 }
@@ -49,7 +52,15 @@ export type ToWorker = StartMessage;
 export type FromWorker =
   | { readonly type: "started"; readonly vcpuId: number; readonly threadId: number }
   | { readonly type: "booted"; readonly vcpuId: number; readonly atMs: number }
-  | { readonly type: "finished"; readonly vcpuId: number; readonly reason: FinishReason; readonly exits: readonly ExitRecord[]; readonly error?: string };
+  | {
+      readonly type: "finished";
+      readonly vcpuId: number;
+      readonly reason: FinishReason;
+      readonly exits: readonly ExitRecord[];
+      readonly error?: string;
+      /** Registers at an unexpected end (triple fault, unhandled exit), for the operator. */
+      readonly state?: string;
+    };
 
 export const CONTROL_COMMAND = 0;
 export const CONTROL_WORDS = 2;

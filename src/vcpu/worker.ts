@@ -58,7 +58,7 @@ function describeExit(vcpu: Vcpu, reason: number): ExitRecord {
  * the machine's devices; the loop ends on a reset, a triple fault, a stop
  * request, or an exit Volt cannot handle.
  */
-function runMachineLoop(start: StartMessage, machine: MachineShared): { reason: FinishReason; exits: ExitRecord[] } {
+function runMachineLoop(start: StartMessage, machine: MachineShared): { reason: FinishReason; exits: ExitRecord[]; state?: string } {
   const vcpu = new Vcpu(start.vcpu);
   const control = new Int32Array(start.control);
   let resetRequested = false;
@@ -104,12 +104,24 @@ function runMachineLoop(start: StartMessage, machine: MachineShared): { reason: 
         break;
       }
       case KVM_EXIT.KVM_EXIT_SHUTDOWN:
-        return { reason: "shutdown", exits: [] };
+        return { reason: "shutdown", exits: [], state: cpuStateSummary(vcpu) };
       case KVM_EXIT.KVM_EXIT_HLT:
         return { reason: "hlt", exits: [] };
       default:
-        return { reason: "error", exits: [describeExit(vcpu, reason)] };
+        return { reason: "error", exits: [describeExit(vcpu, reason)], state: cpuStateSummary(vcpu) };
     }
+  }
+}
+
+/** Where the guest was when it ended unexpectedly: a triple fault in a guest that did not ask to reboot needs this to be debugged. */
+function cpuStateSummary(vcpu: Vcpu): string {
+  try {
+    const regs = vcpu.getRegs();
+    const sregs = vcpu.getSregs();
+    const hex = (value: number | bigint) => `0x${value.toString(16)}`;
+    return `rip ${hex(regs.get("rip"))} rsp ${hex(regs.get("rsp"))} cr0 ${hex(sregs.get("cr0"))} cr2 ${hex(sregs.get("cr2"))} cr3 ${hex(sregs.get("cr3"))} cr4 ${hex(sregs.get("cr4"))}`;
+  } catch (error) {
+    return `registers unavailable: ${(error as Error).message}`;
   }
 }
 
@@ -143,8 +155,8 @@ self.onmessage = (event: MessageEvent<ToWorker>) => {
   try {
     installKickHandler();
     post({ type: "started", vcpuId: start.vcpu.id, threadId: gettid() });
-    const { reason, exits } = start.machine ? runMachineLoop(start, start.machine) : runLoop(start);
-    post({ type: "finished", vcpuId: start.vcpu.id, reason, exits });
+    const result: { reason: FinishReason; exits: ExitRecord[]; state?: string } = start.machine ? runMachineLoop(start, start.machine) : runLoop(start);
+    post({ type: "finished", vcpuId: start.vcpu.id, reason: result.reason, exits: result.exits, ...(result.state !== undefined ? { state: result.state } : {}) });
   } catch (error) {
     post({ type: "finished", vcpuId: start.vcpu.id, reason: "error", exits: [], error: error instanceof Error ? error.message : String(error) });
   }

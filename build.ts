@@ -19,7 +19,7 @@ const outfile = join(root, "dist", "volt");
 
 const ENTRY_POINTS = ["src/cli/main.ts"];
 /** Modules started with `new Worker(...)` (src/workers.ts); each is its own entry point in the binary. */
-const WORKER_ENTRY_POINTS = ["src/vcpu/worker.ts"];
+const WORKER_ENTRY_POINTS = ["src/vcpu/worker.ts", "src/devices/virtio/io-worker.ts"];
 
 function compileShims(): void {
   mkdirSync(buildDir, { recursive: true });

@@ -7,6 +7,7 @@
  */
 export const WORKER_MODULES = {
   vcpu: "./vcpu/worker.ts",
+  io: "./devices/virtio/io-worker.ts",
 } as const;
 
 export function workerUrl(name: keyof typeof WORKER_MODULES): string {

@@ -39,6 +39,21 @@ export const VmFileSchema = v.strictObject(
     ),
     bootTimer: v.optional(v.boolean("must be true or false")),
     onReboot: v.optional(v.picklist(["exit", "restart"], 'must be "exit" or "restart"')),
+    drives: v.optional(
+      v.array(
+        v.strictObject(
+          {
+            path,
+            readOnly: v.optional(v.boolean("must be true or false")),
+            root: v.optional(v.boolean("must be true or false")),
+            id: v.optional(v.pipe(v.string("must be a string"), v.nonEmpty("must not be empty"))),
+          },
+          "must be an object like {\"path\": \"rootfs.ext4\", \"root\": true}",
+        ),
+        "must be a list of drives",
+      ),
+    ),
+    rng: v.optional(v.boolean("must be true or false")),
   },
   "must be a JSON object",
 );
@@ -87,14 +102,19 @@ export function parseVmFile(file: string, json: unknown): VmFile {
   const config = { ...result.output };
   if (config.kernel !== undefined) config.kernel = anchored(config.kernel)!;
   if (config.initrd !== undefined) config.initrd = anchored(config.initrd)!;
+  if (config.drives !== undefined) config.drives = config.drives.map((drive) => ({ ...drive, path: anchored(drive.path)! }));
   return config;
 }
 
 function describeIssue(issue: v.BaseIssue<unknown>): string {
   const where = fieldPath(issue.path);
-  if (issue.kind === "schema" && issue.type === "strict_object" && issue.path?.length) {
+  if (issue.kind === "schema" && issue.type === "strict_object" && issue.path?.length && issue.expected === "never") {
     // valibot reports an unknown key with that key as the last path item.
-    return `${where}: unknown field (allowed: ${Object.keys(VmFileSchema.entries).join(", ")})`;
+    const known = issue.path.length === 1 ? Object.keys(VmFileSchema.entries) : ["path", "readOnly", "root", "id"];
+    return `${where}: unknown field (allowed: ${known.join(", ")})`;
+  }
+  if (issue.kind === "schema" && issue.type === "strict_object" && issue.path?.length && issue.received === "undefined") {
+    return `${where}: is required`;
   }
   return where ? `${where}: ${issue.message}` : `the document ${issue.message}`;
 }

@@ -22,8 +22,10 @@ import { inspectKernel, loadKernel, type KernelImage } from "../loader/detect.ts
 import { KernelFormatError } from "../loader/errors.ts";
 import { loadInitrd } from "../loader/initrd.ts";
 import { GuestMemory } from "../memory/guest-memory.ts";
+import { closeVirtioEventFds, type VirtioShared } from "../devices/virtio/io-thread.ts";
 import { DEFAULT_CMDLINE, MAX_VCPUS, type VmConfig } from "./config.ts";
 import { VmBuildError } from "./errors.ts";
+import { attachVirtioDevices, checkVirtioDevices, virtioKernelParameters, type CheckedVirtioDevice } from "./virtio.ts";
 
 export interface BuiltVm {
   readonly kvm: Kvm;
@@ -33,6 +35,7 @@ export interface BuiltVm {
   readonly kernel: { readonly format: KernelImage["format"]; readonly protocol: BootProtocol };
   readonly cmdline: string;
   readonly config: VmConfig;
+  readonly virtio: VirtioShared;
   /** Releases every kernel object and mapping (idempotent). */
   dispose(): void;
 }
@@ -42,6 +45,7 @@ interface Inputs {
   readonly kernel: KernelImage;
   readonly initrdBytes?: Uint8Array;
   readonly memoryBytes: number;
+  readonly virtioDevices: readonly CheckedVirtioDevice[];
 }
 
 function readInput(kind: "kernel" | "initrd", path: string): Uint8Array {
@@ -80,13 +84,18 @@ export function validateInputs(config: VmConfig): Inputs {
     throw error;
   }
   const initrdBytes = config.initrdPath === undefined ? undefined : readInput("initrd", config.initrdPath);
-  return { kernelBytes, kernel, memoryBytes, ...(initrdBytes ? { initrdBytes } : {}) };
+  const virtioDevices = checkVirtioDevices(config.virtioDevices ?? []);
+  return { kernelBytes, kernel, memoryBytes, virtioDevices, ...(initrdBytes ? { initrdBytes } : {}) };
 }
 
-function buildCmdline(config: VmConfig, kernel: KernelImage): KernelCmdline {
-  const limit = kernel.format === "bzimage" ? kernel.cmdlineSize : undefined;
+function buildCmdline(config: VmConfig, inputs: Inputs): KernelCmdline {
+  const limit = inputs.kernel.format === "bzimage" ? inputs.kernel.cmdlineSize : undefined;
   try {
-    return new KernelCmdline(limit).appendRaw(DEFAULT_CMDLINE).appendRaw(config.cmdline ?? "");
+    // Device parameters before the user's, so a user's root= or ro/rw still has the last word.
+    return new KernelCmdline(limit)
+      .appendRaw(DEFAULT_CMDLINE)
+      .appendRaw(virtioKernelParameters(inputs.virtioDevices).join(" "))
+      .appendRaw(config.cmdline ?? "");
   } catch (error) {
     if (error instanceof CmdlineError) throw new VmBuildError("cmdline", error.message, { cause: error });
     throw error;
@@ -95,7 +104,7 @@ function buildCmdline(config: VmConfig, kernel: KernelImage): KernelCmdline {
 
 export function buildForBoot(config: VmConfig): BuiltVm {
   const inputs = validateInputs(config);
-  const cmdline = buildCmdline(config, inputs.kernel);
+  const cmdline = buildCmdline(config, inputs);
 
   const kvm = Kvm.open(config.kvmPath);
   const cleanups: (() => void)[] = [() => kvm.close()];
@@ -117,6 +126,9 @@ export function buildForBoot(config: VmConfig): BuiltVm {
     vm.setIdentityMapAddress(KVM_IDENTITY_MAP_ADDRESS);
     vm.createIrqchip();
     vm.createPit();
+    // irqfds need the irqchip to exist.
+    const virtio = attachVirtioDevices(vm, inputs.virtioDevices);
+    cleanups.push(() => closeVirtioEventFds(virtio));
 
     const memory = GuestMemory.create(guestRamRegions(inputs.memoryBytes));
     cleanups.push(() => memory.dispose());
@@ -173,7 +185,7 @@ export function buildForBoot(config: VmConfig): BuiltVm {
         vcpu.updateRegs(bootState.regs);
       }
     }
-    return { kvm, vm, memory, vcpus, kernel: { format: kernel.format, protocol }, cmdline: cmdline.toString(), config, dispose };
+    return { kvm, vm, memory, vcpus, kernel: { format: kernel.format, protocol }, cmdline: cmdline.toString(), config, virtio, dispose };
   } catch (error) {
     dispose();
     throw error;

@@ -1,3 +1,5 @@
+import type { VirtioDeviceSpec } from "../devices/virtio/factory.ts";
+
 /** What a VM is made of, after validation at the edge (CLI or config file). */
 export interface VmConfig {
   readonly kernelPath: string;
@@ -9,6 +11,8 @@ export interface VmConfig {
   readonly kvmPath?: string;
   /** Map Firecracker's boot-timer device, so the guest can report when it has booted. */
   readonly bootTimer?: boolean;
+  /** virtio-mmio devices (drives, entropy, ...), in the order given. */
+  readonly virtioDevices?: readonly VirtioDeviceSpec[];
 }
 
 export const DEFAULT_MEMORY_MIB = 128;

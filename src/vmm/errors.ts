@@ -1,4 +1,4 @@
-export type VmBuildErrorKind = "kernel" | "initrd" | "memory" | "cmdline" | "vcpus";
+export type VmBuildErrorKind = "kernel" | "initrd" | "memory" | "cmdline" | "vcpus" | "devices";
 
 /** A VM could not be built from its configuration; nothing was left running. */
 export class VmBuildError extends Error {

@@ -9,6 +9,9 @@ import type { InterruptLine } from "../devices/interrupt.ts";
 import { BOOT_TIMER_SPAN, BootTimer, createBootTimerState } from "../devices/legacy/boot-timer.ts";
 import { I8042, I8042_SPAN } from "../devices/legacy/i8042.ts";
 import { SERIAL_REGISTER_COUNT, Serial16550, createSerialState } from "../devices/legacy/serial.ts";
+import type { VirtioShared } from "../devices/virtio/io-thread.ts";
+import { VIRTIO_MMIO_SPAN, VirtioMmioTransport } from "../devices/virtio/mmio.ts";
+import { signalEventfd } from "../ffi/syscalls.ts";
 import { Vm } from "../kvm/vm.ts";
 import type { MachineShared } from "../vcpu/protocol.ts";
 
@@ -17,8 +20,8 @@ export interface MachineOptions {
   readonly bootTimer?: boolean;
 }
 
-export function createMachineShared(vmFd: number, options: MachineOptions = {}): MachineShared {
-  return { vmFd, serial: createSerialState(), ...(options.bootTimer ? { bootTimer: createBootTimerState() } : {}) };
+export function createMachineShared(vmFd: number, virtio: VirtioShared, options: MachineOptions = {}): MachineShared {
+  return { vmFd, serial: createSerialState(), virtio, ...(options.bootTimer ? { bootTimer: createBootTimerState() } : {}) };
 }
 
 /** An edge on an in-kernel irqchip input: raise then lower, so the IOAPIC sees one edge per event. */
@@ -49,6 +52,18 @@ export function buildMachineDevices(shared: MachineShared, events: MachineEvents
   const serial = new Serial16550(shared.serial, irqLine(shared.vmFd, SERIAL_IRQ));
   pio.insert(SERIAL_PORT_BASE, SERIAL_REGISTER_COUNT, serial, "serial (COM1)");
   pio.insert(I8042_PORT_BASE, I8042_SPAN, new I8042(events.onResetRequest), "i8042");
+  for (const slot of shared.virtio.slots) {
+    const transport = new VirtioMmioTransport(slot.transport, {
+      // Only when no ioeventfd caught the write (a queue index the device does not have, or a write of another width).
+      onQueueNotify: (queue) => {
+        const fd = slot.queueEventFds[queue];
+        if (fd !== undefined) signalEventfd(fd);
+      },
+      onStatusChange: () => signalEventfd(shared.virtio.controlEventFd),
+      interrupt: { trigger: () => signalEventfd(slot.irqEventFd) },
+    });
+    mmio.insert(slot.mmioBase, VIRTIO_MMIO_SPAN, transport, `virtio-mmio ${slot.spec.kind} @0x${slot.mmioBase.toString(16)}`);
+  }
   if (shared.bootTimer) mmio.insert(BOOT_TIMER_ADDRESS, BOOT_TIMER_SPAN, new BootTimer(shared.bootTimer, events.onBoot), "boot timer");
   return { pio, mmio, serial };
 }

@@ -11,6 +11,7 @@
 import { takeSerialOutput } from "../devices/legacy/serial.ts";
 import type { Finished } from "../vcpu/vcpu-thread.ts";
 import { VcpuThread } from "../vcpu/vcpu-thread.ts";
+import { IoThread } from "../devices/virtio/io-thread.ts";
 import type { BuiltVm } from "./builder.ts";
 import { buildMachineDevices, createMachineShared } from "./machine.ts";
 
@@ -21,6 +22,10 @@ export interface VmOutcome {
   readonly detail: string;
   /** Milliseconds from VMM start to the guest's boot-timer write, when it made one. */
   readonly bootTimeMs?: number;
+  /** Per virtio device counters, in device order. */
+  readonly deviceStats?: readonly object[];
+  /** Virtio devices a misbehaving driver broke (each was reset-only from then on; the VM went on). */
+  readonly deviceErrors?: readonly string[];
 }
 
 export interface ConsoleIo {
@@ -34,6 +39,8 @@ export interface RunOptions {
   readonly console: ConsoleIo;
   /** performance.timeOrigin-based ms when the VMM started, for the boot time. */
   readonly startedAtMs: number;
+  /** A guest driver broke a virtio device (the VM goes on). */
+  readonly onDeviceError?: (message: string) => void;
 }
 
 const POWER_OFF_PATTERN = /reboot: (Power down|System halted)/;
@@ -42,7 +49,7 @@ const PUMP_INTERVAL_MS = 5;
 const STOP_GRACE_MS = 5000;
 
 export async function runVm(built: BuiltVm, options: RunOptions): Promise<VmOutcome> {
-  const shared = createMachineShared(built.vm.fd, { bootTimer: built.config.bootTimer ?? false });
+  const shared = createMachineShared(built.vm.fd, built.virtio, { bootTimer: built.config.bootTimer ?? false });
   let bootTimeMs: number | undefined;
   let consoleTail = "";
   let consoleVerdict: { kind: OutcomeKind; detail: string } | undefined;
@@ -73,7 +80,15 @@ export async function runVm(built: BuiltVm, options: RunOptions): Promise<VmOutc
   process.on("SIGTERM", onSignal);
 
   const threads: VcpuThread[] = [];
+  let io: IoThread | undefined;
   try {
+    if (built.virtio.slots.length > 0) {
+      io = await IoThread.start(built.memory.share(), built.virtio, options.onDeviceError);
+      io.finished.then((result) => {
+        // The I/O thread only ends on its own when it fails; the guest cannot go on without its devices.
+        if (result.error !== undefined) ended.resolve({ kind: "error", detail: `virtio I/O thread: ${result.error}` });
+      });
+    }
     for (const handle of built.vcpus) {
       const thread = await VcpuThread.start(handle, {
         machine: shared,
@@ -90,16 +105,25 @@ export async function runVm(built: BuiltVm, options: RunOptions): Promise<VmOutc
     const result = await ended.promise;
     for (const thread of threads) thread.stop();
     await Promise.race([Promise.allSettled(threads.map((t) => t.finished)), Bun.sleep(STOP_GRACE_MS)]);
+    // After the vCPUs: a request the guest queued before stopping may still be completing.
+    io?.stop();
+    const ioResult = io ? await Promise.race([io.finished, Bun.sleep(STOP_GRACE_MS).then(() => undefined)]) : undefined;
     pump();
     // A panic reboots the guest (panic=1): the console line says what really happened.
     const final = consoleVerdict?.kind === "panic" ? consoleVerdict : result;
-    return { ...final, ...(bootTimeMs !== undefined ? { bootTimeMs } : {}) };
+    return {
+      ...final,
+      ...(bootTimeMs !== undefined ? { bootTimeMs } : {}),
+      ...(ioResult ? { deviceStats: ioResult.stats } : {}),
+      ...(io && io.deviceErrors.length > 0 ? { deviceErrors: io.deviceErrors } : {}),
+    };
   } finally {
     clearInterval(pumpTimer);
     detachInput?.();
     process.off("SIGINT", onSignal);
     process.off("SIGTERM", onSignal);
     for (const thread of threads) thread.terminate();
+    io?.terminate();
   }
 }
 
@@ -108,7 +132,8 @@ function outcomeOf(finished: Finished): { kind: OutcomeKind; detail: string } {
     case "reset":
       return { kind: "reboot", detail: "the guest rebooted (i8042 reset)" };
     case "shutdown":
-      return { kind: "reboot", detail: "the guest rebooted (triple fault)" };
+      // Linux with reboot=t ends this way on purpose; otherwise it is a crash, and where it happened matters.
+      return { kind: "reboot", detail: `the guest rebooted (triple fault on vCPU ${finished.vcpuId}${finished.state ? `: ${finished.state}` : ""})` };
     case "stopped":
       return { kind: "signal", detail: "stopped" };
     case "hlt":
@@ -117,7 +142,7 @@ function outcomeOf(finished: Finished): { kind: OutcomeKind; detail: string } {
     case "error": {
       const exit = finished.exits[0];
       const what = finished.error ?? (exit ? `unexpected ${JSON.stringify(exit)}` : "unknown failure");
-      return { kind: "error", detail: `vCPU ${finished.vcpuId}: ${what}` };
+      return { kind: "error", detail: `vCPU ${finished.vcpuId}: ${what}${finished.state ? ` (${finished.state})` : ""}` };
     }
   }
 }

@@ -5,23 +5,33 @@
  *   VOLT_TEST_BZIMAGE — Debian's generic kernel (always; fetched from apt);
  *   VOLT_TEST_VMLINUX — an ELF vmlinux with the PVH note: the team's minimal
  *     microVM kernel when it is at hand (it boots ~10x faster), otherwise the
- *     vmlinux unpacked from Debian's bzImage, so the PVH path is always tested.
+ *     vmlinux unpacked from Debian's bzImage, so the PVH path is always tested;
+ *     VOLT_TEST_KERNEL=debian picks the latter even when the former is there
+ *     (what CI runs, where ../shared is absent);
+ *   VOLT_TEST_VMLINUX_MODULES — colon-separated .ko files, in load order, that
+ *     VOLT_TEST_VMLINUX needs for virtio devices and ext4 (empty when they are
+ *     built in, as in the microVM kernel).
  */
 import { createHash } from "node:crypto";
 import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { gunzipSync } from "node:zlib";
-import { fetchDebianKernel } from "../../src/kernel/debian.ts";
+import { fetchDebianKernel, findKernelModules } from "../../src/kernel/debian.ts";
 import { parseBzImage } from "../../src/loader/bzimage.ts";
 
 const MICROVM_KERNEL_DIR = resolve(import.meta.dir, "../../../shared/kernels/microvm-6.1");
+
+/** What a guest of the e2e tests loads when its kernel has them as modules. */
+const GUEST_DEVICE_MODULES = ["virtio_mmio", "virtio_blk", "virtio_rng", "ext4"];
 
 export async function prepareGuestKernels(cacheDir: string): Promise<Record<string, string>> {
   const env: Record<string, string> = {};
   const debian = await fetchDebianKernel({ cacheDir, log: (line) => console.log(`guest-assets: ${line}`) });
   env.VOLT_TEST_BZIMAGE = debian.vmlinuzPath;
   const packed = join(MICROVM_KERNEL_DIR, "vmlinux.gz");
-  if (existsSync(packed)) {
+  const preferDebian = process.env.VOLT_TEST_KERNEL === "debian";
+  env.VOLT_TEST_VMLINUX_MODULES = "";
+  if (existsSync(packed) && !preferDebian) {
     const expected = readFileSync(join(MICROVM_KERNEL_DIR, "vmlinux.sha256"), "utf8").trim().split(/\s+/)[0]!;
     const target = join(cacheDir, `microvm-vmlinux-${expected.slice(0, 16)}`);
     if (!existsSync(target)) {
@@ -36,6 +46,7 @@ export async function prepareGuestKernels(cacheDir: string): Promise<Record<stri
   } else {
     console.log(`guest-assets: no minimal microVM kernel at ${MICROVM_KERNEL_DIR}; using the vmlinux inside Debian's bzImage`);
     env.VOLT_TEST_VMLINUX = unpackVmlinux(debian.vmlinuzPath, cacheDir);
+    env.VOLT_TEST_VMLINUX_MODULES = findKernelModules(debian, GUEST_DEVICE_MODULES, { ifPresent: true }).join(":");
   }
   return env;
 }

@@ -2,7 +2,7 @@
  * Runs the end-to-end tests (test/e2e) where real KVM is: directly on a host
  * with hardware KVM, otherwise inside one nested-KVM L1 boot for the whole run.
  *
- *   bun test/harness/run-e2e.ts [extra bun test args]
+ *   bun test/harness/run-e2e.ts [extra bun test args, e.g. test/e2e/virtio.test.ts]
  *
  * Env: VOLT_KVM=native|nested|auto (default auto), VOLT_E2E_TIMEOUT_S (host
  * limit for the nested run, default 2400), VOLT_E2E_INNER_TIMEOUT_S (limit
@@ -40,12 +40,15 @@ console.log(`e2e: ${decision.mode} KVM (${decision.reason})`);
 mkdirSync(join(checkout, "build/test-reports"), { recursive: true });
 // A report left by an earlier run would make a crashed run look tested.
 rmSync(join(checkout, reportFile), { force: true });
+// Test files named on the command line replace the default of every file in test/e2e.
+const extraArgs = process.argv.slice(2);
+const namesFiles = extraArgs.some((arg) => /\.test\.ts$/.test(arg));
 const testCommand = [
-  process.execPath, "test", "./test/e2e",
+  process.execPath, "test", ...(namesFiles ? [] : ["./test/e2e"]),
   "--timeout", "600000",
   // junit only adds the XML file: bun still prints its usual per-test lines.
   "--reporter=junit", `--reporter-outfile=${reportFile}`,
-  ...process.argv.slice(2),
+  ...extraArgs,
 ];
 const started = performance.now();
 const guestEnv = await prepareGuestKernels(defaultCacheDir());

@@ -56,6 +56,18 @@ describe("volt run rejects bad input with exit 2 before creating a VM", () => {
     ["a config field of the wrong type", ["--config", file("type.json", '{"kernel": "bzImage", "vcpus": "2"}')], "vcpus: must be a number"],
     ["a config field out of range", ["--config", file("range.json", '{"kernel": "bzImage", "memMiB": 0}')], "memMiB: must be at least 1 MiB"],
     ["an unknown config field", ["--config", file("unknown.json", '{"kernel": "bzImage", "memory": 64}')], "memory: unknown field"],
+    ["a drive without a path", ["--kernel", kernel, "--drive", "ro"], "--drive 'ro': path=IMAGE is required"],
+    ["a drive option with an unknown key", ["--kernel", kernel, "--drive", "path=x.img,cache=none"], "unknown key 'cache'"],
+    ["a drive whose image is missing", ["--kernel", kernel, "--drive", "path=/no/such.img"], "virtio-blk /no/such.img: disk image /no/such.img"],
+    ["a drive image that is a directory", ["--kernel", kernel, "--drive", `path=${work}`], "not a regular file or block device"],
+    ["a drive image whose size is not whole sectors", ["--kernel", kernel, "--drive", `path=${file("odd.img", new Uint8Array(1000))}`], "not a multiple of 512"],
+    [
+      "two root drives",
+      ["--kernel", kernel, "--drive", `path=${file("a.img", new Uint8Array(512))},root`, "--drive", `path=${file("b.img", new Uint8Array(512))},root`],
+      "only one drive can be the root drive",
+    ],
+    ["a config drive without a path", ["--config", file("drive.json", '{"kernel": "bzImage", "drives": [{"readOnly": true}]}')], "drives[0].path: is required"],
+    ["a config drive with an unknown field", ["--config", file("drive2.json", '{"kernel": "bzImage", "drives": [{"path": "a.img", "ro": true}]}')], "drives[0].ro: unknown field"],
   ])("%s", (_, args, message) => {
     const result = run(args as string[]);
     expect(result.stderr).toContain(message);

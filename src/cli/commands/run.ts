@@ -1,5 +1,7 @@
 import { defineCommand } from "citty";
+import { DriveOptionError, parseDriveOption, repeatedOption } from "../../config/drive-option.ts";
 import { ConfigFileError, loadVmFile, type VmFile } from "../../config/vm-file.ts";
+import type { VirtioDeviceSpec } from "../../devices/virtio/factory.ts";
 import { KvmError } from "../../kvm/errors.ts";
 import { buildForBoot } from "../../vmm/builder.ts";
 import { DEFAULT_CMDLINE, DEFAULT_MEMORY_MIB, DEFAULT_VCPUS, MAX_VCPUS, type VmConfig } from "../../vmm/config.ts";
@@ -16,6 +18,12 @@ const args = {
   cmdline: { type: "string", description: `Extra kernel parameters, after Volt's defaults ("${DEFAULT_CMDLINE}")`, valueHint: "params" },
   mem: { type: "string", description: `Guest memory in MiB (default ${DEFAULT_MEMORY_MIB})`, valueHint: "MiB" },
   vcpus: { type: "string", description: `Number of vCPUs, 1-${MAX_VCPUS} (default ${DEFAULT_VCPUS})`, valueHint: "N" },
+  drive: {
+    type: "string",
+    description: "Add a virtio-blk drive (repeatable): path=IMAGE[,ro][,root][,id=SERIAL]; root boots from it as /dev/vda",
+    valueHint: "spec",
+  },
+  rng: { type: "boolean", description: "Add a virtio-rng device (the guest's /dev/hwrng, fed from the host's CSPRNG)" },
   "boot-timer": { type: "boolean", description: "Map the boot-timer device; the outcome reports bootTimeMs when the guest writes it" },
   "on-reboot": { type: "string", description: "What a guest reboot does: exit (default) or restart the VM from its kernel", valueHint: "exit|restart" },
   json: { type: "boolean", description: "Console to stderr; one JSON document with the outcome to stdout", default: false },
@@ -29,8 +37,9 @@ export const runCommand = defineCommand({
       "Examples:\n  volt run --kernel vmlinux --initrd initrd.cpio.gz\n" +
       "  volt run --kernel bzImage --initrd initrd.img --mem 512 --vcpus 2 --cmdline 'quiet'\n" +
       "  volt run --config vm.json --vcpus 4      (the flag overrides the file)\n\n" +
-      "Config file fields: kernel, initrd, cmdline, memMiB, vcpus, bootTimer, onReboot (relative paths are\n" +
-      "relative to the file).\n\n" +
+      "  volt run --kernel vmlinux --drive path=rootfs.ext4,root --drive path=data.img,ro,id=data --rng\n\n" +
+      "Config file fields: kernel, initrd, cmdline, memMiB, vcpus, bootTimer, onReboot, rng, and drives, a list of\n" +
+      "{path, readOnly, root, id} (relative paths are relative to the file).\n\n" +
       "Exit status: 0 guest powered off or rebooted, 2 bad input (no VM created), 3 no usable KVM,\n" +
       "5 guest kernel panic, 6 VM failure, 130/143 stopped by SIGINT/SIGTERM.",
   },
@@ -40,14 +49,14 @@ export const runCommand = defineCommand({
     const json = parsed.json;
     try {
       rejectUnknownFlags(rawArgs, args);
-      const { config, onReboot } = resolveConfig(parsed);
+      const { config, onReboot } = resolveConfig(parsed, rawArgs);
       const consoleIo = terminalConsole(json ? process.stderr : process.stdout);
       let restarts = 0;
       for (;;) {
         const built = build(config);
         let outcome: VmOutcome;
         try {
-          outcome = await runVm(built, { console: consoleIo, startedAtMs });
+          outcome = await runVm(built, { console: consoleIo, startedAtMs, onDeviceError: (message) => process.stderr.write(`volt: ${message}\n`) });
         } finally {
           built.dispose();
         }
@@ -66,6 +75,8 @@ export const runCommand = defineCommand({
             kernel: built.kernel,
             cmdline: built.cmdline,
             restarts,
+            ...(outcome.deviceStats ? { devices: outcome.deviceStats } : {}),
+            ...(outcome.deviceErrors ? { deviceErrors: outcome.deviceErrors } : {}),
             ...(outcome.bootTimeMs !== undefined ? { bootTimeMs: outcome.bootTimeMs } : {}),
           });
         } else if (exitCode !== EXIT.ok) {
@@ -83,7 +94,7 @@ export const runCommand = defineCommand({
 type ParsedArgs = { [K in keyof typeof args]?: string | boolean | undefined };
 
 /** Config file first, then the flags on top of it, then defaults for whatever neither gave. */
-function resolveConfig(parsed: ParsedArgs): { config: VmConfig; onReboot: "exit" | "restart" } {
+function resolveConfig(parsed: ParsedArgs, rawArgs: readonly string[]): { config: VmConfig; onReboot: "exit" | "restart" } {
   let file: VmFile = {};
   if (typeof parsed.config === "string") {
     try {
@@ -105,8 +116,25 @@ function resolveConfig(parsed: ParsedArgs): { config: VmConfig; onReboot: "exit"
     throw usageError(`--on-reboot must be exit or restart (got '${onRebootFlag}')`);
   }
   const onReboot = (onRebootFlag as "exit" | "restart" | undefined) ?? file.onReboot ?? "exit";
+  let driveFlags: VirtioDeviceSpec[];
+  try {
+    driveFlags = repeatedOption(rawArgs, "drive").map(parseDriveOption);
+  } catch (error) {
+    if (error instanceof DriveOptionError) throw usageError(error.message);
+    throw error;
+  }
+  // Drives add up (file first, then flags); a device kind is a switch (the flag wins).
+  const fileDrives: VirtioDeviceSpec[] = (file.drives ?? []).map((drive) => ({
+    kind: "block",
+    path: drive.path,
+    readOnly: drive.readOnly ?? false,
+    ...(drive.root ? { root: true } : {}),
+    ...(drive.id !== undefined ? { id: drive.id } : {}),
+  }));
+  const rng = typeof parsed.rng === "boolean" ? parsed.rng : (file.rng ?? false);
+  const virtioDevices: VirtioDeviceSpec[] = [...fileDrives, ...driveFlags, ...(rng ? [{ kind: "rng" } as const] : [])];
   return {
-    config: { kernelPath, memoryMiB, vcpus, bootTimer, ...(initrdPath !== undefined ? { initrdPath } : {}), ...(cmdline !== undefined ? { cmdline } : {}) },
+    config: { kernelPath, memoryMiB, vcpus, bootTimer, virtioDevices, ...(initrdPath !== undefined ? { initrdPath } : {}), ...(cmdline !== undefined ? { cmdline } : {}) },
     onReboot,
   };
 }

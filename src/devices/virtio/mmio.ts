@@ -141,6 +141,8 @@ const SLOT_QUEUE_COUNT = 11;
 const SLOT_DEVICE_FEATURES_LOW = 12;
 const SLOT_DEVICE_FEATURES_HIGH = 13;
 const SLOT_CONFIG_LENGTH = 14;
+/** Bumped by every device reset, so the I/O worker notices a reset even when a full re-init follows before it looks. */
+const SLOT_RESET_COUNT = 15;
 const HEADER_SLOTS = 16;
 
 const Q_NUM_MAX = 0;
@@ -258,6 +260,11 @@ export class VirtioMmioDeviceSide {
 
   status(): number {
     return this.locked(() => this.shared.slots[SLOT_STATUS]!);
+  }
+
+  /** How many times the driver has reset the device (wraps at 2^32). */
+  resetCount(): number {
+    return this.locked(() => this.shared.slots[SLOT_RESET_COUNT]!);
   }
 
   /** The features the driver accepted; 0n until FEATURES_OK has stuck (nothing is accepted before). */
@@ -411,6 +418,7 @@ class SharedMmio {
   reset(): void {
     const s = this.slots;
     s[SLOT_STATUS] = 0;
+    s[SLOT_RESET_COUNT] = (s[SLOT_RESET_COUNT]! + 1) >>> 0;
     s[SLOT_DEVICE_FEATURES_SEL] = 0;
     s[SLOT_DRIVER_FEATURES_SEL] = 0;
     s[SLOT_DRIVER_FEATURES_LOW] = 0;

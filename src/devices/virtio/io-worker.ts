@@ -1,0 +1,138 @@
+/**
+ * Worker entry point of the virtio I/O thread (see io-thread.ts): builds the
+ * VM's virtio devices and serves them until asked to stop.
+ */
+import { drainEventfd, pollReadable, signalEventfd } from "../../ffi/syscalls.ts";
+import { GuestMemoryView } from "../../memory/guest-memory.ts";
+import { VIRTIO_F_RING_EVENT_IDX, featureBit, type QueueHandle } from "./device.ts";
+import { createVirtioDevice, type LiveVirtioDevice } from "./factory.ts";
+import { IO_CONTROL_STOP, type FromIoWorker, type IoStartMessage, type VirtioSlot } from "./io-thread.ts";
+import { VIRTIO_STATUS, VirtioMmioDeviceSide } from "./mmio.ts";
+import { SplitQueue, VirtqueueError } from "./queue.ts";
+
+declare const self: Worker;
+
+function post(message: FromIoWorker): void {
+  self.postMessage(message);
+}
+
+const EMPTY_QUEUE: QueueHandle = {
+  pop: () => undefined,
+  addUsed: () => {
+    throw new RangeError("a device returned a chain to a queue the driver never set up");
+  },
+  notifyIfNeeded: () => {},
+};
+
+/** A device plus the transport state it serves and whether the driver has started it. */
+class ServedDevice {
+  readonly device: LiveVirtioDevice;
+  readonly transport: VirtioMmioDeviceSide;
+  private active = false;
+  private seenResets: number;
+
+  constructor(
+    readonly index: number,
+    readonly slot: VirtioSlot,
+    private readonly memory: GuestMemoryView,
+  ) {
+    this.device = createVirtioDevice(slot.spec);
+    this.transport = new VirtioMmioDeviceSide(slot.transport, { trigger: () => signalEventfd(slot.irqEventFd) });
+    this.seenResets = this.transport.resetCount();
+  }
+
+  /** Follows the driver's status: DRIVER_OK starts the device, a reset (status 0) stops it. */
+  syncStatus(): void {
+    const status = this.transport.status();
+    const resets = this.transport.resetCount();
+    // A reset the worker did not see in between (reset and re-init both landed before it looked) still drops the old queues.
+    if (this.active && (resets !== this.seenResets || (status & VIRTIO_STATUS.DRIVER_OK) === 0)) {
+      this.device.reset();
+      this.active = false;
+    }
+    this.seenResets = resets;
+    const broken = (status & (VIRTIO_STATUS.FAILED | VIRTIO_STATUS.DEVICE_NEEDS_RESET)) !== 0;
+    if (!this.active && !broken && (status & VIRTIO_STATUS.DRIVER_OK) !== 0) this.activate();
+  }
+
+  process(queueIndex: number): void {
+    if (!this.active) return;
+    try {
+      this.device.processQueue(queueIndex);
+    } catch (error) {
+      this.fail(error);
+    }
+  }
+
+  private activate(): void {
+    const ackedFeatures = this.transport.ackedFeatures();
+    const eventIdx = (ackedFeatures & featureBit(VIRTIO_F_RING_EVENT_IDX)) !== 0n;
+    try {
+      const queues = this.device.queueMaxSizes.map((_, index) => {
+        const config = this.transport.queueConfig(index);
+        // A driver may leave a queue it does not use unset (virtio-net's control queue, say): it stays empty.
+        if (!config.ready) return EMPTY_QUEUE;
+        return new SplitQueue(this.memory, config, { eventIdx, interrupt: () => this.transport.raiseUsedBufferInterrupt() });
+      });
+      this.device.activate({ memory: this.memory, ackedFeatures, queues });
+      this.active = true;
+    } catch (error) {
+      this.fail(error);
+      return;
+    }
+    // Requests queued before DRIVER_OK was seen would otherwise wait for the next notification.
+    for (let queue = 0; queue < this.device.queueMaxSizes.length; queue++) this.process(queue);
+  }
+
+  /** A driver that broke the rules loses this device until it resets it; the VM and the other devices carry on. */
+  private fail(error: unknown): void {
+    this.device.reset();
+    this.active = false;
+    this.transport.markNeedsReset();
+    const message = error instanceof VirtqueueError ? `driver error: ${error.message}` : `device failure: ${(error as Error).message ?? String(error)}`;
+    post({ type: "device-error", slot: this.index, message });
+  }
+}
+
+function serve(start: IoStartMessage): readonly object[] {
+  const memory = new GuestMemoryView(start.memory);
+  const control = new Int32Array(start.control);
+  const devices = start.virtio.slots.map((slot, index) => new ServedDevice(index, slot, memory));
+  // Poll table: the control eventfd, then every queue's ioeventfd.
+  const fds = [start.virtio.controlEventFd];
+  const owners: { device: ServedDevice; queue: number }[] = [];
+  for (const device of devices) {
+    device.slot.queueEventFds.forEach((fd, queue) => {
+      fds.push(fd);
+      owners.push({ device, queue });
+    });
+  }
+  post({ type: "started" });
+  try {
+    for (;;) {
+      const ready = pollReadable(fds, -1);
+      if (Atomics.load(control, IO_CONTROL_STOP) !== 0) break;
+      if (ready[0]) {
+        drainEventfd(fds[0]!);
+        for (const device of devices) device.syncStatus();
+      }
+      for (let i = 1; i < fds.length; i++) {
+        if (!ready[i]) continue;
+        drainEventfd(fds[i]!);
+        const owner = owners[i - 1]!;
+        owner.device.process(owner.queue);
+      }
+    }
+  } finally {
+    for (const device of devices) device.device.close?.();
+  }
+  return devices.map((device) => ({ kind: device.slot.spec.kind, ...device.device.stats }));
+}
+
+self.onmessage = (event: MessageEvent<IoStartMessage>) => {
+  try {
+    post({ type: "finished", stats: serve(event.data) });
+  } catch (error) {
+    post({ type: "finished", stats: [], error: error instanceof Error ? error.message : String(error) });
+  }
+};

@@ -135,14 +135,15 @@ describe("Bus", () => {
 });
 
 describe("device isolation", () => {
-  // Devices get interrupts through an injected interface so they run (and are tested) without KVM.
-  test("nothing under src/devices imports bun:ffi, src/ffi or src/kvm", () => {
+  // Devices get interrupts through an injected interface so they run (and are tested) without KVM. They may make
+  // plain system calls through src/ffi (eventfds, fallocate): those work on any Linux, with or without /dev/kvm.
+  test("nothing under src/devices imports bun:ffi or src/kvm", () => {
     const root = join(import.meta.dir, "../../src/devices");
     const files = readdirSync(root, { recursive: true, encoding: "utf8" }).filter((f) => f.endsWith(".ts"));
     expect(files.length).toBeGreaterThan(0);
     const offenders = files.filter((file) => {
       const source = readFileSync(join(root, file), "utf8");
-      return /from\s+["'](bun:ffi|[./]*\/(ffi|kvm)\/[^"']*)["']/.test(source) || /import\(\s*["']bun:ffi/.test(source);
+      return /from\s+["'](bun:ffi|[./]*\/kvm\/[^"']*)["']/.test(source) || /import\(\s*["']bun:ffi/.test(source);
     });
     expect(offenders).toEqual([]);
   });

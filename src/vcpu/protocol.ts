@@ -19,11 +19,12 @@ export type ExitRecord =
   | { readonly reason: string; readonly raw: number };
 
 /**
- * Why a vCPU left its loop. "reset": the guest pulsed the i8042 reset line;
+ * Why a vCPU left its loop. "reset": the guest pulsed the i8042 reset line or
+ * wrote the ACPI reset register; "poweroff": it entered ACPI S5;
  * "shutdown": a triple fault (how `reboot=t` guests reboot); "error": an exit
  * Volt cannot handle, or a failure in Volt.
  */
-export type FinishReason = "hlt" | "shutdown" | "reset" | "stopped" | "exit-limit" | "error";
+export type FinishReason = "hlt" | "shutdown" | "reset" | "poweroff" | "stopped" | "exit-limit" | "error";
 
 /** Shared state of the machine's devices; each worker builds its own device instances over it. */
 export interface MachineShared {

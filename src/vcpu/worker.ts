@@ -62,9 +62,13 @@ function runMachineLoop(start: StartMessage, machine: MachineShared): { reason: 
   const vcpu = new Vcpu(start.vcpu);
   const control = new Int32Array(start.control);
   let resetRequested = false;
+  let powerOffRequested = false;
   const devices = buildMachineDevices(machine, {
     onResetRequest: () => {
       resetRequested = true;
+    },
+    onPowerOff: () => {
+      powerOffRequested = true;
     },
     onBoot: () => post({ type: "booted", vcpuId: start.vcpu.id, atMs: performance.timeOrigin + performance.now() }),
   });
@@ -91,6 +95,7 @@ function runMachineLoop(start: StartMessage, machine: MachineShared): { reason: 
           if (isOut) devices.pio.write(port, data);
           else if (!devices.pio.read(port, data)) data.fill(0xff);
         }
+        if (powerOffRequested) return { reason: "poweroff", exits: [] };
         if (resetRequested) return { reason: "reset", exits: [] };
         break;
       }

@@ -3,7 +3,8 @@
  * Every thread that handles exits (each vCPU worker, and the VMM thread for
  * host-side input) builds the same map over the same shared device state.
  */
-import { BOOT_TIMER_ADDRESS, I8042_PORT_BASE, SERIAL_IRQ, SERIAL_PORT_BASE } from "../arch/x86_64/layout.ts";
+import { ACPI_POWER_PORT_BASE, BOOT_TIMER_ADDRESS, I8042_PORT_BASE, SERIAL_IRQ, SERIAL_PORT_BASE } from "../arch/x86_64/layout.ts";
+import { ACPI_POWER_SPAN, AcpiPower } from "../devices/acpi/power.ts";
 import { Bus } from "../devices/bus.ts";
 import type { InterruptLine } from "../devices/interrupt.ts";
 import { BOOT_TIMER_SPAN, BootTimer, createBootTimerState } from "../devices/legacy/boot-timer.ts";
@@ -36,7 +37,10 @@ export function irqLine(vmFd: number, irq: number): InterruptLine {
 }
 
 export interface MachineEvents {
+  /** i8042 reset line or the ACPI reset register. */
   readonly onResetRequest: () => void;
+  /** ACPI S5. */
+  readonly onPowerOff: () => void;
   readonly onBoot: () => void;
 }
 
@@ -52,6 +56,7 @@ export function buildMachineDevices(shared: MachineShared, events: MachineEvents
   const serial = new Serial16550(shared.serial, irqLine(shared.vmFd, SERIAL_IRQ));
   pio.insert(SERIAL_PORT_BASE, SERIAL_REGISTER_COUNT, serial, "serial (COM1)");
   pio.insert(I8042_PORT_BASE, I8042_SPAN, new I8042(events.onResetRequest), "i8042");
+  pio.insert(ACPI_POWER_PORT_BASE, ACPI_POWER_SPAN, new AcpiPower({ onPowerOff: events.onPowerOff, onReset: events.onResetRequest }), "ACPI power");
   for (const slot of shared.virtio.slots) {
     const transport = new VirtioMmioTransport(slot.transport, {
       // Only when no ioeventfd caught the write (a queue index the device does not have, or a write of another width).

@@ -4,8 +4,9 @@
  * how the vCPUs finished into an outcome.
  *
  * How Volt learns that the guest ended (no ACPI yet, see the README):
- *   reboot  — i8042 reset (reboot=k) or a triple fault (reboot=t);
- *   poweroff — the kernel's "reboot: Power down" / "System halted" console line;
+ *   reboot  — i8042 reset (reboot=k), the ACPI reset register (reboot=acpi) or a triple fault (reboot=t);
+ *   poweroff — ACPI S5 on the sleep control register; for kernels without ACPI, the
+ *              kernel's "reboot: Power down" / "System halted" console line;
  *   panic   — the kernel's "Kernel panic - not syncing" console line.
  */
 import { takeSerialOutput } from "../devices/legacy/serial.ts";
@@ -70,7 +71,7 @@ export async function runVm(built: BuiltVm, options: RunOptions): Promise<VmOutc
   const pumpTimer = setInterval(pump, PUMP_INTERVAL_MS);
 
   // The VMM thread's own view of the devices, to raise the UART's receive interrupt for host input.
-  const hostSide = buildMachineDevices(shared, { onResetRequest: () => {}, onBoot: () => {} });
+  const hostSide = buildMachineDevices(shared, { onResetRequest: () => {}, onPowerOff: () => {}, onBoot: () => {} });
   const detachInput = options.console.attachInput?.((bytes) => {
     hostSide.serial.deliverInput(bytes);
   });
@@ -130,7 +131,9 @@ export async function runVm(built: BuiltVm, options: RunOptions): Promise<VmOutc
 function outcomeOf(finished: Finished): { kind: OutcomeKind; detail: string } {
   switch (finished.reason) {
     case "reset":
-      return { kind: "reboot", detail: "the guest rebooted (i8042 reset)" };
+      return { kind: "reboot", detail: "the guest rebooted (reset request)" };
+    case "poweroff":
+      return { kind: "poweroff", detail: "the guest powered off (ACPI)" };
     case "shutdown":
       // Linux with reboot=t ends this way on purpose; otherwise it is a crash, and where it happened matters.
       return { kind: "reboot", detail: `the guest rebooted (triple fault on vCPU ${finished.vcpuId}${finished.state ? `: ${finished.state}` : ""})` };

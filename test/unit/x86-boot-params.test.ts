@@ -96,6 +96,13 @@ describe("writeBootParams", () => {
     expect(params.get("ext_cmd_line_ptr")).toBe(1);
   });
 
+  test("points the kernel at the ACPI RSDP when there is one, and leaves the field 0 otherwise", () => {
+    writeBootParams(memory, { cmdline: { address: CMDLINE_ADDRESS, size: 1 }, e820: [], rsdpAddress: 0xe0000 });
+    expect(zeroPage().get("acpi_rsdp_addr")).toBe(0xe0000n);
+    writeBootParams(memory, { cmdline: { address: CMDLINE_ADDRESS, size: 1 }, e820: [] });
+    expect(zeroPage().get("acpi_rsdp_addr")).toBe(0n);
+  });
+
   test("refuses more E820 entries than the zero page holds", () => {
     const e820 = Array.from({ length: 129 }, (_, i) => ({ address: i * 0x1000, size: 0x1000, type: 1 as const }));
     expect(() => writeBootParams(memory, { cmdline: { address: CMDLINE_ADDRESS, size: 1 }, e820 })).toThrow(

@@ -95,6 +95,12 @@ describe("writePvhStartInfo", () => {
     expect(read).toEqual(memoryMap);
   });
 
+  test("passes the ACPI RSDP address when there is one", () => {
+    writePvhStartInfo(memory, { cmdlineAddress: CMDLINE_ADDRESS, memoryMap: [], rsdpAddress: 0xe0000 });
+    const info = new StructView(hvm_start_info, memory.read(PVH_INFO_ADDRESS, hvm_start_info.size));
+    expect(info.get("rsdp_paddr")).toBe(0xe0000n);
+  });
+
   test("without modules the module list pointer is 0", () => {
     writePvhStartInfo(memory, { cmdlineAddress: CMDLINE_ADDRESS, memoryMap: [] });
     const info = new StructView(hvm_start_info, memory.read(PVH_INFO_ADDRESS, hvm_start_info.size));

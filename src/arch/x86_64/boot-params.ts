@@ -108,6 +108,8 @@ export interface BootParamsOptions {
   readonly cmdline: GuestBuffer;
   readonly initrd?: GuestBuffer;
   readonly e820: readonly E820Entry[];
+  /** Where the ACPI RSDP is, so the kernel need not scan for it (boot protocol 2.14+; older kernels scan). */
+  readonly rsdpAddress?: number;
 }
 
 export class BootParamsError extends RangeError {
@@ -149,6 +151,8 @@ export function buildBootParams(options: BootParamsOptions): Uint8Array {
     params.set("hdr.ramdisk_image", imageLow).set("ext_ramdisk_image", imageHigh);
     params.set("hdr.ramdisk_size", sizeLow).set("ext_ramdisk_size", sizeHigh);
   }
+
+  if (options.rsdpAddress !== undefined) params.set("acpi_rsdp_addr", BigInt(options.rsdpAddress));
 
   if (options.e820.length > E820_MAX_ENTRIES_ZEROPAGE) {
     throw new BootParamsError(`${options.e820.length} E820 entries; the zero page holds ${E820_MAX_ENTRIES_ZEROPAGE}`);

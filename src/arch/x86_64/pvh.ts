@@ -58,6 +58,8 @@ export interface PvhStartInfoOptions {
   readonly memoryMap: readonly E820Entry[];
   /** Linux takes the first module as its initrd. */
   readonly modules?: readonly PvhModule[];
+  /** The ACPI RSDP (0: none given; Linux then scans the BIOS area for one). */
+  readonly rsdpAddress?: number;
 }
 
 export class PvhError extends RangeError {
@@ -93,6 +95,7 @@ export function writePvhStartInfo(memory: GuestMemoryView, options: PvhStartInfo
     .set("nr_modules", modules.length)
     .set("modlist_paddr", modules.length > 0 ? BigInt(PVH_MODLIST_ADDRESS) : 0n)
     .set("cmdline_paddr", BigInt(options.cmdlineAddress))
+    .set("rsdp_paddr", BigInt(options.rsdpAddress ?? 0))
     .set("memmap_paddr", BigInt(PVH_MEMMAP_ADDRESS))
     .set("memmap_entries", options.memoryMap.length);
   memory.write(PVH_INFO_ADDRESS, info.bytes);

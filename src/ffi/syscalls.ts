@@ -128,23 +128,36 @@ export function drainEventfd(fd: number): number {
   return Number(eventfdValue[0]);
 }
 
+export const POLLOUT = 0x4;
+export const POLLERR = 0x8;
+export const POLLHUP = 0x10;
+
 /**
- * Blocks until one of `fds` is readable or `timeoutMs` passes (negative: no
- * limit). Returns, for each fd, whether it is readable. EINTR counts as "none".
+ * ppoll(2): blocks until one of `entries` has one of its `events` (or an
+ * error/hang-up), or `timeoutMs` passes (negative: no limit). Returns each
+ * entry's revents; EINTR counts as nothing ready.
  */
-export function pollReadable(fds: readonly number[], timeoutMs: number): boolean[] {
-  const table = new Int32Array(fds.length * 2);
-  fds.forEach((fd, i) => {
-    table[i * 2] = fd;
-    table[i * 2 + 1] = POLLIN; // events (u16), revents (u16) = 0
+export function poll(entries: readonly { fd: number; events: number }[], timeoutMs: number): number[] {
+  const table = new Int32Array(entries.length * 2);
+  entries.forEach((entry, i) => {
+    table[i * 2] = entry.fd;
+    table[i * 2 + 1] = entry.events & 0xffff; // events (u16); revents (u16) above it starts at 0
   });
   const timespec = new BigInt64Array(2);
   if (timeoutMs >= 0) {
     timespec[0] = BigInt(Math.floor(timeoutMs / 1000));
     timespec[1] = BigInt(Math.round((timeoutMs % 1000) * 1e6));
   }
-  const result = rawSyscall(SYSCALL_NUMBERS.ppoll, ptr(table), fds.length, timeoutMs >= 0 ? ptr(timespec) : 0, 0, 8);
-  if (result === -4) return fds.map(() => false); // EINTR
+  const result = rawSyscall(SYSCALL_NUMBERS.ppoll, ptr(table), entries.length, timeoutMs >= 0 ? ptr(timespec) : 0, 0, 8);
+  if (result === -4) return entries.map(() => 0); // EINTR
   check("ppoll", result);
-  return fds.map((_, i) => ((table[i * 2 + 1]! >>> 16) & POLLIN) !== 0);
+  return entries.map((_, i) => table[i * 2 + 1]! >>> 16);
+}
+
+/** Which of `fds` are readable within `timeoutMs` (see `poll`). */
+export function pollReadable(fds: readonly number[], timeoutMs: number): boolean[] {
+  return poll(
+    fds.map((fd) => ({ fd, events: POLLIN })),
+    timeoutMs,
+  ).map((revents) => (revents & POLLIN) !== 0);
 }

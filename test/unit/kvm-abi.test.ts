@@ -37,6 +37,9 @@ const constants: Record<string, number> = {
   EFD_CLOEXEC: sys.EFD_CLOEXEC,
   EFD_NONBLOCK: sys.EFD_NONBLOCK,
   POLLIN: sys.POLLIN,
+  POLLOUT: sys.POLLOUT,
+  POLLERR: sys.POLLERR,
+  POLLHUP: sys.POLLHUP,
 };
 
 describe("KVM ABI matches <linux/kvm.h>", () => {

@@ -87,4 +87,20 @@ export interface VirtioDevice {
   processQueue(index: number): void;
   /** The driver reset the device: drop queues, keep backends. */
   reset(): void;
+  /**
+   * Host file descriptors the I/O worker should watch for this device (a TAP
+   * device, sockets), asked again after every round of work since the set may
+   * change (vsock connections come and go). `events` is poll(2)'s POLLIN /
+   * POLLOUT mask. Devices without host-side I/O leave this out.
+   */
+  pollFds?(): readonly BackendPoll[];
+  /** A watched descriptor is ready (`revents` from poll(2)): move what can be moved. */
+  processBackend?(fd: number, revents: number): void;
+  /** Release host resources (files, sockets) when the VM ends. */
+  close?(): void;
+}
+
+export interface BackendPoll {
+  readonly fd: number;
+  readonly events: number;
 }

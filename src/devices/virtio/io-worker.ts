@@ -2,7 +2,7 @@
  * Worker entry point of the virtio I/O thread (see io-thread.ts): builds the
  * VM's virtio devices and serves them until asked to stop.
  */
-import { drainEventfd, pollReadable, signalEventfd } from "../../ffi/syscalls.ts";
+import { POLLIN, drainEventfd, poll, signalEventfd } from "../../ffi/syscalls.ts";
 import { GuestMemoryView } from "../../memory/guest-memory.ts";
 import { VIRTIO_F_RING_EVENT_IDX, featureBit, type QueueHandle } from "./device.ts";
 import { createVirtioDevice, type LiveVirtioDevice } from "./factory.ts";
@@ -64,6 +64,19 @@ class ServedDevice {
     }
   }
 
+  /** Backend descriptors are watched whether or not the driver is up: a backend may need draining either way. */
+  backendPolls(): readonly { fd: number; events: number }[] {
+    return this.device.pollFds?.() ?? [];
+  }
+
+  processBackend(fd: number, revents: number): void {
+    try {
+      this.device.processBackend?.(fd, revents);
+    } catch (error) {
+      this.fail(error);
+    }
+  }
+
   private activate(): void {
     const ackedFeatures = this.transport.ackedFeatures();
     const eventIdx = (ackedFeatures & featureBit(VIRTIO_F_RING_EVENT_IDX)) !== 0n;
@@ -94,33 +107,51 @@ class ServedDevice {
   }
 }
 
+interface PollOwner {
+  readonly device: ServedDevice;
+  /** A queue's ioeventfd, or a backend descriptor. */
+  readonly queue?: number;
+}
+
 function serve(start: IoStartMessage): readonly object[] {
   const memory = new GuestMemoryView(start.memory);
   const control = new Int32Array(start.control);
   const devices = start.virtio.slots.map((slot, index) => new ServedDevice(index, slot, memory));
-  // Poll table: the control eventfd, then every queue's ioeventfd.
-  const fds = [start.virtio.controlEventFd];
-  const owners: { device: ServedDevice; queue: number }[] = [];
+  // The control eventfd and every queue's ioeventfd never change; backend descriptors are asked for each round.
+  const fixed: { fd: number; events: number }[] = [{ fd: start.virtio.controlEventFd, events: POLLIN }];
+  const fixedOwners: PollOwner[] = [];
   for (const device of devices) {
     device.slot.queueEventFds.forEach((fd, queue) => {
-      fds.push(fd);
-      owners.push({ device, queue });
+      fixed.push({ fd, events: POLLIN });
+      fixedOwners.push({ device, queue });
     });
   }
   post({ type: "started" });
   try {
     for (;;) {
-      const ready = pollReadable(fds, -1);
+      const entries = [...fixed];
+      const owners = [...fixedOwners];
+      for (const device of devices) {
+        for (const backend of device.backendPolls()) {
+          entries.push(backend);
+          owners.push({ device });
+        }
+      }
+      const revents = poll(entries, -1);
       if (Atomics.load(control, IO_CONTROL_STOP) !== 0) break;
-      if (ready[0]) {
-        drainEventfd(fds[0]!);
+      if (revents[0]) {
+        drainEventfd(entries[0]!.fd);
         for (const device of devices) device.syncStatus();
       }
-      for (let i = 1; i < fds.length; i++) {
-        if (!ready[i]) continue;
-        drainEventfd(fds[i]!);
+      for (let i = 1; i < entries.length; i++) {
+        if (!revents[i]) continue;
         const owner = owners[i - 1]!;
-        owner.device.process(owner.queue);
+        if (owner.queue !== undefined) {
+          drainEventfd(entries[i]!.fd);
+          owner.device.process(owner.queue);
+        } else {
+          owner.device.processBackend(entries[i]!.fd, revents[i]!);
+        }
       }
     }
   } finally {

@@ -30,6 +30,8 @@ describe.skipIf(!kvmUsable)(`real-mode guest on real KVM (${process.env.VOLT_KVM
   test("reports KVM API version 12 and no missing capability", () => {
     expect(report.kvm.apiVersion).toBe(12);
     expect(report.kvm.missingCapabilities).toEqual([]);
+    // Hardware-backed KVM (native with svm/vmx, or kvm_amd inside L1): no software-KVM warning.
+    expect(report.warnings).toEqual([]);
     expect(report.kvm.capabilities.KVM_CAP_IRQCHIP).toBeGreaterThan(0);
     expect(report.kvm.capabilities.KVM_CAP_IMMEDIATE_EXIT).toBeGreaterThan(0);
   });

@@ -1,5 +1,6 @@
 import { defineCommand } from "citty";
 import { kickSmoke, probeKvm, realModeSmoke, type KvmReport, type SmokeResult } from "../../diagnostics/kvm-check.ts";
+import { kvmBackendWarning } from "../../diagnostics/host.ts";
 import { KvmError } from "../../kvm/errors.ts";
 import { Kvm, DEFAULT_KVM_PATH } from "../../kvm/system.ts";
 import { EXIT } from "../exit-codes.ts";
@@ -34,8 +35,10 @@ export const kvmCheckCommand = defineCommand({
       const report = probeKvm(kvm);
       const smoke = parsed.smoke && report.missingCapabilities.length === 0 ? [await realModeSmoke(kvm), await kickSmoke(kvm)] : [];
       const ok = report.missingCapabilities.length === 0 && smoke.every((s) => s.passed);
-      if (json) printJson({ ok, kvm: report, ...(parsed.smoke ? { smoke } : {}) });
+      const warning = kvmBackendWarning();
+      if (json) printJson({ ok, kvm: report, ...(parsed.smoke ? { smoke } : {}), warnings: warning ? [warning] : [] });
       else printText(report, smoke);
+      if (warning) process.stderr.write(`volt: warning: ${warning}\n`);
       reportPrinted = true;
       if (report.missingCapabilities.length > 0) {
         throw new CliError("missing-capability", `KVM at ${report.path} lacks: ${report.missingCapabilities.join(", ")}`, EXIT.kvmUnavailable);

@@ -2,6 +2,7 @@ import { defineCommand } from "citty";
 import { DriveOptionError, parseDriveOption, repeatedOption } from "../../config/drive-option.ts";
 import { ConfigFileError, loadVmFile, type VmFile } from "../../config/vm-file.ts";
 import type { VirtioDeviceSpec } from "../../devices/virtio/factory.ts";
+import { kvmBackendWarning } from "../../diagnostics/host.ts";
 import { KvmError } from "../../kvm/errors.ts";
 import { buildForBoot } from "../../vmm/builder.ts";
 import { DEFAULT_CMDLINE, DEFAULT_MEMORY_MIB, DEFAULT_VCPUS, MAX_VCPUS, type VmConfig } from "../../vmm/config.ts";
@@ -51,6 +52,8 @@ export const runCommand = defineCommand({
       rejectUnknownFlags(rawArgs, args);
       const { config, onReboot } = resolveConfig(parsed, rawArgs);
       const consoleIo = terminalConsole(json ? process.stderr : process.stdout);
+      const warning = kvmBackendWarning();
+      if (warning) process.stderr.write(`volt: warning: ${warning}\n`);
       let restarts = 0;
       for (;;) {
         const built = build(config);

@@ -10,7 +10,7 @@
  * - pvh: Xen's PVH entry. 32-bit protected mode, paging off, flat segments,
  *   EBX = hvm_start_info; the kernel builds its own page tables.
  */
-import type { kvm_regs, kvm_sregs } from "../../kvm/abi.ts";
+import type { RegsValues as KvmRegsValues, SregsValues as KvmSregsValues } from "../../kvm/vcpu.ts";
 import type { GuestMemoryView } from "../../memory/guest-memory.ts";
 import {
   BOOT_GDT_ADDRESS,
@@ -25,9 +25,10 @@ import {
   ZERO_PAGE_ADDRESS,
 } from "./layout.ts";
 
-type FieldValues<F> = { -readonly [K in keyof F]?: F[K] extends { type: "u64" } ? bigint : number };
-export type RegsValues = FieldValues<(typeof kvm_regs)["fields"]>;
-export type SregsValues = FieldValues<(typeof kvm_sregs)["fields"]>;
+// The vCPU's own value types, writable here because the boot state is assembled field by field.
+type Writable<T> = { -readonly [K in keyof T]: T[K] };
+export type RegsValues = Writable<KvmRegsValues>;
+export type SregsValues = Writable<KvmSregsValues>;
 
 export interface VcpuBootState {
   readonly regs: RegsValues;

@@ -53,6 +53,8 @@ export type ToWorker = StartMessage;
 export type FromWorker =
   | { readonly type: "started"; readonly vcpuId: number; readonly threadId: number }
   | { readonly type: "booted"; readonly vcpuId: number; readonly atMs: number }
+  | { readonly type: "paused"; readonly vcpuId: number }
+  | { readonly type: "resumed"; readonly vcpuId: number }
   | {
       readonly type: "finished";
       readonly vcpuId: number;
@@ -67,3 +69,9 @@ export const CONTROL_COMMAND = 0;
 export const CONTROL_WORDS = 2;
 export const COMMAND_RUN = 0;
 export const COMMAND_STOP = 1;
+/**
+ * Park outside KVM_RUN until the command changes back to RUN (or to STOP).
+ * A parked vCPU has completed its last exit (KVM finished any pending I/O
+ * emulation), so its registers can be read and written from the VMM thread.
+ */
+export const COMMAND_PAUSE = 2;

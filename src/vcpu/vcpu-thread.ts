@@ -6,7 +6,16 @@ import { installKickHandler } from "../ffi/shim.ts";
 import { getpid, tgkill } from "../ffi/syscalls.ts";
 import { Vcpu, type VcpuHandle } from "../kvm/vcpu.ts";
 import { workerUrl } from "../workers.ts";
-import { COMMAND_STOP, CONTROL_COMMAND, CONTROL_WORDS, type FromWorker, type MachineShared, type StartMessage } from "./protocol.ts";
+import {
+  COMMAND_PAUSE,
+  COMMAND_RUN,
+  COMMAND_STOP,
+  CONTROL_COMMAND,
+  CONTROL_WORDS,
+  type FromWorker,
+  type MachineShared,
+  type StartMessage,
+} from "./protocol.ts";
 
 export type Finished = Extract<FromWorker, { type: "finished" }>;
 
@@ -18,6 +27,12 @@ export interface VcpuThreadOptions {
   readonly onBoot?: (atEpochMs: number) => void;
 }
 
+interface Waiters {
+  readonly paused: (() => void)[];
+  readonly resumed: (() => void)[];
+  ended: boolean;
+}
+
 export class VcpuThread {
   readonly finished: Promise<Finished>;
   private readonly worker: Worker;
@@ -25,8 +40,18 @@ export class VcpuThread {
   private readonly vcpu: Vcpu;
   private readonly threadId: number;
   private readonly kickSignal: number;
+  /** Resolvers waiting for the worker to report "paused" / "resumed". */
+  private readonly waiters: Waiters;
 
-  private constructor(worker: Worker, control: Int32Array, vcpu: Vcpu, threadId: number, finished: Promise<Finished>) {
+  private constructor(
+    worker: Worker,
+    control: Int32Array,
+    vcpu: Vcpu,
+    threadId: number,
+    finished: Promise<Finished>,
+    waiters: Waiters,
+  ) {
+    this.waiters = waiters;
     this.worker = worker;
     this.control = control;
     this.vcpu = vcpu;
@@ -42,13 +67,19 @@ export class VcpuThread {
     const started = Promise.withResolvers<number>();
     const finished = Promise.withResolvers<Finished>();
     finished.promise.catch(() => {}); // a failure before start is reported through `started`
+    const waiters: Waiters = { paused: [], resumed: [], ended: false };
     worker.onmessage = (event: MessageEvent<FromWorker>) => {
       const message = event.data;
       if (message.type === "started") {
         started.resolve(message.threadId);
       } else if (message.type === "booted") {
         options.onBoot?.(message.atMs);
+      } else if (message.type === "paused" || message.type === "resumed") {
+        for (const wake of waiters[message.type].splice(0)) wake();
       } else {
+        // A vCPU that ends while someone waits for it to pause or resume must not leave them hanging.
+        waiters.ended = true;
+        for (const wake of [...waiters.paused.splice(0), ...waiters.resumed.splice(0)]) wake();
         started.resolve(-1); // finished before it could start: `finished` says why
         finished.resolve(message);
       }
@@ -67,12 +98,39 @@ export class VcpuThread {
     };
     worker.postMessage(start);
     const threadId = await started.promise;
-    return new VcpuThread(worker, new Int32Array(controlBuffer), new Vcpu(handle), threadId, finished.promise);
+    return new VcpuThread(worker, new Int32Array(controlBuffer), new Vcpu(handle), threadId, finished.promise, waiters);
   }
 
   /** Asks the vCPU to stop and forces it out of KVM_RUN; `finished` then resolves with "stopped". */
   stop(): void {
     Atomics.store(this.control, CONTROL_COMMAND, COMMAND_STOP);
+    Atomics.notify(this.control, CONTROL_COMMAND); // a parked vCPU wakes to stop
+    this.kick();
+  }
+
+  /**
+   * Takes the vCPU out of KVM_RUN and parks it; resolves once it is parked
+   * (its state may then be read or written through a Vcpu on this thread) or
+   * has finished.
+   */
+  pause(): Promise<void> {
+    if (this.waiters.ended) return Promise.resolve();
+    const parked = new Promise<void>((resolve) => this.waiters.paused.push(resolve));
+    Atomics.store(this.control, CONTROL_COMMAND, COMMAND_PAUSE);
+    this.kick();
+    return parked;
+  }
+
+  /** Lets a parked vCPU enter the guest again; resolves once it is running (or has finished). */
+  resume(): Promise<void> {
+    if (this.waiters.ended) return Promise.resolve();
+    const running = new Promise<void>((resolve) => this.waiters.resumed.push(resolve));
+    Atomics.store(this.control, CONTROL_COMMAND, COMMAND_RUN);
+    Atomics.notify(this.control, CONTROL_COMMAND);
+    return running;
+  }
+
+  private kick(): void {
     // immediate_exit covers a kick that lands before the worker re-enters KVM_RUN.
     this.vcpu.run.set("immediate_exit", 1);
     if (this.threadId > 0) {

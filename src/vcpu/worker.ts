@@ -8,7 +8,7 @@ import { gettid } from "../ffi/syscalls.ts";
 import { KVM_EXIT, KVM_EXIT_IO_OUT, exitReasonName, kvm_run } from "../kvm/abi.ts";
 import { RUN_INTERRUPTED, Vcpu } from "../kvm/vcpu.ts";
 import { buildMachineDevices } from "../vmm/machine.ts";
-import { COMMAND_STOP, CONTROL_COMMAND, type ExitRecord, type FinishReason, type FromWorker, type MachineShared, type StartMessage, type ToWorker } from "./protocol.ts";
+import { COMMAND_PAUSE, COMMAND_STOP, CONTROL_COMMAND, type ExitRecord, type FinishReason, type FromWorker, type MachineShared, type StartMessage, type ToWorker } from "./protocol.ts";
 
 declare const self: Worker;
 
@@ -76,7 +76,12 @@ function runMachineLoop(start: StartMessage, machine: MachineShared): { reason: 
   const runBytes = vcpu.runBytes;
   const mmioData = runBytes.subarray(kvm_run.fields["mmio.data"].offset, kvm_run.fields["mmio.data"].offset + 8);
   for (;;) {
-    if (Atomics.load(control, CONTROL_COMMAND) === COMMAND_STOP) return { reason: "stopped", exits: [] };
+    const command = Atomics.load(control, CONTROL_COMMAND);
+    if (command === COMMAND_STOP) return { reason: "stopped", exits: [] };
+    if (command === COMMAND_PAUSE) {
+      park(vcpu, control, start.vcpu.id);
+      continue;
+    }
     const reason = vcpu.enter();
     switch (reason) {
       case RUN_INTERRUPTED:
@@ -116,6 +121,20 @@ function runMachineLoop(start: StartMessage, machine: MachineShared): { reason: 
         return { reason: "error", exits: [describeExit(vcpu, reason)], state: cpuStateSummary(vcpu) };
     }
   }
+}
+
+/**
+ * Pauses this vCPU: one KVM_RUN with immediate_exit set lets KVM complete the
+ * exit Volt just handled (an MMIO or port read's data goes into the guest's
+ * register) without entering the guest, so the saved state is consistent.
+ * Then the thread sleeps on the control word until told to run or stop.
+ */
+function park(vcpu: Vcpu, control: Int32Array, vcpuId: number): void {
+  vcpu.run.set("immediate_exit", 1);
+  vcpu.enter();
+  post({ type: "paused", vcpuId });
+  while (Atomics.load(control, CONTROL_COMMAND) === COMMAND_PAUSE) Atomics.wait(control, CONTROL_COMMAND, COMMAND_PAUSE);
+  post({ type: "resumed", vcpuId });
 }
 
 /** Where the guest was when it ended unexpectedly: a triple fault in a guest that did not ask to reboot needs this to be debugged. */

@@ -113,6 +113,20 @@ describe("virtio I/O thread", () => {
     expect(memory.readU32(USED + 12 + 4)).toBe(32);
   });
 
+  test("pause reports where each queue stands and serves nothing until resume", async () => {
+    const states = await io.pause();
+    expect(states).toEqual([{ active: true, queues: [{ lastAvailIndex: 2, nextUsedIndex: 2 }] }]);
+    driverQueuesBuffer(2, 8);
+    drainEventfd(slot.irqEventFd);
+    signalEventfd(slot.queueEventFds[0]!);
+    expect(pollReadable([slot.irqEventFd], 200)).toEqual([false]);
+    expect(memory.readU16(USED + 2)).toBe(2);
+    await io.resume();
+    expect(pollReadable([slot.irqEventFd], 10_000)).toEqual([true]);
+    drainEventfd(slot.irqEventFd);
+    expect(memory.readU16(USED + 2)).toBe(3);
+  });
+
   test("a driver that breaks the ring gets DEVICE_NEEDS_RESET and an error report, and the thread keeps running", async () => {
     // An available index far beyond the queue size: a broken driver.
     memory.writeU16(AVAIL + 2, (memory.readU16(AVAIL + 2) + QUEUE_SIZE + 5) & 0xffff);
@@ -169,7 +183,27 @@ describe("virtio I/O thread", () => {
     io.stop();
     const result = await io.finished;
     expect(result.error).toBeUndefined();
-    expect(result.stats).toEqual([{ kind: "rng", requests: 4, bytes: 64 + 32 + 16 + 8 }]);
+    expect(result.stats).toEqual([{ kind: "rng", requests: 5, bytes: 64 + 32 + 8 + 16 + 8 }]);
     io.terminate();
+  });
+});
+
+describe("virtio I/O thread restored from a paused one", () => {
+  test("a new thread given the saved queue positions carries on at the next ring entry", async () => {
+    // The state the stopped thread left: the device is running and one chain went through the new queue.
+    const resumed = await IoThread.start(shared, virtio, undefined, [{ active: true, queues: [{ lastAvailIndex: 1, nextUsedIndex: 1 }] }]);
+    memory.writeU64(DESC + 16, BigInt(BUFFER + 0x100));
+    memory.writeU32(DESC + 16 + 8, 24);
+    memory.writeU16(DESC + 16 + 12, 2);
+    memory.writeU16(0x5000 + 4 + 2, 1);
+    memory.writeU16(0x5000 + 2, 2);
+    drainEventfd(slot.irqEventFd);
+    signalEventfd(slot.queueEventFds[0]!);
+    expect(pollReadable([slot.irqEventFd], 10_000)).toEqual([true]);
+    expect(memory.readU16(0x6000 + 2)).toBe(2); // used idx moved from 1 to 2: not restarted at 0
+    expect(memory.readU32(0x6000 + 4 + 8 + 4)).toBe(24); // ring[1].len
+    resumed.stop();
+    expect((await resumed.finished).stats).toEqual([{ kind: "rng", requests: 1, bytes: 24 }]);
+    resumed.terminate();
   });
 });

@@ -36,16 +36,37 @@ export interface IoStartMessage {
   readonly type: "start";
   readonly memory: SharedGuestMemory;
   readonly virtio: VirtioShared;
-  /** Int32Array over it: [0] = 1 asks the thread to stop. */
+  /** Int32Array over it: [IO_CONTROL_COMMAND] is IO_RUN, IO_STOP or IO_PAUSE. */
   readonly control: SharedArrayBuffer;
+  /** Where each device resumes (a restored snapshot); absent for a fresh boot. */
+  readonly restore?: readonly VirtioDeviceState[];
+}
+
+/** What a device needs to carry on where it was: whether the driver had started it, and its queues' positions. */
+export interface VirtioDeviceState {
+  readonly active: boolean;
+  /** Per queue: undefined when the driver left it unset. */
+  readonly queues: readonly ({ readonly lastAvailIndex: number; readonly nextUsedIndex: number } | undefined)[];
 }
 
 export type FromIoWorker =
   | { readonly type: "started" }
+  | { readonly type: "paused"; readonly devices: readonly VirtioDeviceState[] }
+  | { readonly type: "resumed" }
   | { readonly type: "device-error"; readonly slot: number; readonly message: string }
   | { readonly type: "finished"; readonly stats: readonly object[]; readonly error?: string };
 
-export const IO_CONTROL_STOP = 0;
+export const IO_CONTROL_COMMAND = 0;
+export const IO_RUN = 0;
+export const IO_STOP = 1;
+/** Finish the current round, report every device's state and sleep until IO_RUN or IO_STOP. */
+export const IO_PAUSE = 2;
+
+interface IoWaiters {
+  readonly paused: ((devices: readonly VirtioDeviceState[]) => void)[];
+  readonly resumed: (() => void)[];
+  ended: boolean;
+}
 
 export class IoThread {
   private readonly worker: Worker;
@@ -61,7 +82,9 @@ export class IoThread {
     controlEventFd: number,
     finished: Promise<{ stats: readonly object[]; error?: string }>,
     deviceErrors: readonly string[],
+    waiters: IoWaiters,
   ) {
+    this.waiters = waiters;
     this.deviceErrors = deviceErrors;
     this.worker = worker;
     this.control = control;
@@ -70,20 +93,33 @@ export class IoThread {
   }
 
   /** Starts the thread and resolves once it is polling (so no early notification is lost). */
-  static async start(memory: SharedGuestMemory, virtio: VirtioShared, onDeviceError: (message: string) => void = () => {}): Promise<IoThread> {
+  private readonly waiters: IoWaiters;
+
+  static async start(
+    memory: SharedGuestMemory,
+    virtio: VirtioShared,
+    onDeviceError: (message: string) => void = () => {},
+    restore?: readonly VirtioDeviceState[],
+  ): Promise<IoThread> {
     const worker = new Worker(workerUrl("io"));
     const controlBuffer = new SharedArrayBuffer(4);
     const started = Promise.withResolvers<void>();
     const finished = Promise.withResolvers<{ stats: readonly object[]; error?: string }>();
     const errors: string[] = [];
+    const waiters: IoWaiters = { paused: [], resumed: [], ended: false };
     worker.onmessage = (event: MessageEvent<FromIoWorker>) => {
       const message = event.data;
       if (message.type === "started") started.resolve();
+      else if (message.type === "paused") for (const wake of waiters.paused.splice(0)) wake(message.devices);
+      else if (message.type === "resumed") for (const wake of waiters.resumed.splice(0)) wake();
       else if (message.type === "device-error") {
         const text = `virtio device ${message.slot}: ${message.message}`;
         errors.push(text);
         onDeviceError(text);
       } else {
+        waiters.ended = true;
+        for (const wake of waiters.paused.splice(0)) wake([]);
+        for (const wake of waiters.resumed.splice(0)) wake();
         finished.resolve({ stats: message.stats, ...(message.error !== undefined ? { error: message.error } : {}) });
         started.reject(new Error(message.error ?? "the virtio I/O thread ended before starting"));
       }
@@ -93,15 +129,33 @@ export class IoThread {
       started.reject(error);
       finished.resolve({ stats: [], error: error.message });
     };
-    const start: IoStartMessage = { type: "start", memory, virtio, control: controlBuffer };
+    const start: IoStartMessage = { type: "start", memory, virtio, control: controlBuffer, ...(restore ? { restore } : {}) };
     worker.postMessage(start);
     await started.promise;
-    return new IoThread(worker, new Int32Array(controlBuffer), virtio.controlEventFd, finished.promise, errors);
+    return new IoThread(worker, new Int32Array(controlBuffer), virtio.controlEventFd, finished.promise, errors, waiters);
   }
 
   stop(): void {
-    Atomics.store(this.control, IO_CONTROL_STOP, 1);
+    Atomics.store(this.control, IO_CONTROL_COMMAND, IO_STOP);
+    Atomics.notify(this.control, IO_CONTROL_COMMAND);
     signalEventfd(this.controlEventFd);
+  }
+
+  /** Quiesces every device (no request is half done) and resolves with their states. */
+  pause(): Promise<readonly VirtioDeviceState[]> {
+    if (this.waiters.ended) return Promise.resolve([]);
+    const parked = new Promise<readonly VirtioDeviceState[]>((resolve) => this.waiters.paused.push(resolve));
+    Atomics.store(this.control, IO_CONTROL_COMMAND, IO_PAUSE);
+    signalEventfd(this.controlEventFd);
+    return parked;
+  }
+
+  resume(): Promise<void> {
+    if (this.waiters.ended) return Promise.resolve();
+    const running = new Promise<void>((resolve) => this.waiters.resumed.push(resolve));
+    Atomics.store(this.control, IO_CONTROL_COMMAND, IO_RUN);
+    Atomics.notify(this.control, IO_CONTROL_COMMAND);
+    return running;
   }
 
   terminate(): void {

@@ -6,7 +6,15 @@ import { POLLIN, drainEventfd, poll, signalEventfd } from "../../ffi/syscalls.ts
 import { GuestMemoryView } from "../../memory/guest-memory.ts";
 import { VIRTIO_F_RING_EVENT_IDX, featureBit, type QueueHandle } from "./device.ts";
 import { createVirtioDevice, type LiveVirtioDevice } from "./factory.ts";
-import { IO_CONTROL_STOP, type FromIoWorker, type IoStartMessage, type VirtioSlot } from "./io-thread.ts";
+import {
+  IO_CONTROL_COMMAND,
+  IO_PAUSE,
+  IO_STOP,
+  type FromIoWorker,
+  type IoStartMessage,
+  type VirtioDeviceState,
+  type VirtioSlot,
+} from "./io-thread.ts";
 import { VIRTIO_STATUS, VirtioMmioDeviceSide } from "./mmio.ts";
 import { SplitQueue, VirtqueueError } from "./queue.ts";
 
@@ -30,6 +38,8 @@ class ServedDevice {
   readonly transport: VirtioMmioDeviceSide;
   private active = false;
   private seenResets: number;
+  /** The queues handed to the device at activation (undefined: left unset by the driver). */
+  private queues: (SplitQueue | undefined)[] = [];
 
   constructor(
     readonly index: number,
@@ -77,23 +87,42 @@ class ServedDevice {
     }
   }
 
-  private activate(): void {
+  /** For a snapshot: whether the device runs and where each queue stands. Only valid while the thread is paused. */
+  state(): VirtioDeviceState {
+    return {
+      active: this.active,
+      queues: this.active ? this.queues.map((q) => (q ? { lastAvailIndex: q.lastAvailIndex, nextUsedIndex: q.nextUsedIndex } : undefined)) : [],
+    };
+  }
+
+  /** Picks up a restored device where it was: the transport state came back with the snapshot, the queues resume their indices. */
+  restore(state: VirtioDeviceState): void {
+    this.seenResets = this.transport.resetCount();
+    if (state.active) this.activate(state.queues);
+  }
+
+  private activate(resumeAt?: VirtioDeviceState["queues"]): void {
     const ackedFeatures = this.transport.ackedFeatures();
     const eventIdx = (ackedFeatures & featureBit(VIRTIO_F_RING_EVENT_IDX)) !== 0n;
     try {
-      const queues = this.device.queueMaxSizes.map((_, index) => {
+      this.queues = this.device.queueMaxSizes.map((_, index) => {
         const config = this.transport.queueConfig(index);
         // A driver may leave a queue it does not use unset (virtio-net's control queue, say): it stays empty.
-        if (!config.ready) return EMPTY_QUEUE;
-        return new SplitQueue(this.memory, config, { eventIdx, interrupt: () => this.transport.raiseUsedBufferInterrupt() });
+        if (!config.ready) return undefined;
+        const start = resumeAt?.[index];
+        return new SplitQueue(this.memory, config, {
+          eventIdx,
+          interrupt: () => this.transport.raiseUsedBufferInterrupt(),
+          ...(start ? { start } : {}),
+        });
       });
-      this.device.activate({ memory: this.memory, ackedFeatures, queues });
+      this.device.activate({ memory: this.memory, ackedFeatures, queues: this.queues.map((q) => q ?? EMPTY_QUEUE) });
       this.active = true;
     } catch (error) {
       this.fail(error);
       return;
     }
-    // Requests queued before DRIVER_OK was seen would otherwise wait for the next notification.
+    // Requests queued before DRIVER_OK was seen (or before the snapshot) would otherwise wait for the next notification.
     for (let queue = 0; queue < this.device.queueMaxSizes.length; queue++) this.process(queue);
   }
 
@@ -117,6 +146,7 @@ function serve(start: IoStartMessage): readonly object[] {
   const memory = new GuestMemoryView(start.memory);
   const control = new Int32Array(start.control);
   const devices = start.virtio.slots.map((slot, index) => new ServedDevice(index, slot, memory));
+  if (start.restore) devices.forEach((device, i) => device.restore(start.restore![i] ?? { active: false, queues: [] }));
   // The control eventfd and every queue's ioeventfd never change; backend descriptors are asked for each round.
   const fixed: { fd: number; events: number }[] = [{ fd: start.virtio.controlEventFd, events: POLLIN }];
   const fixedOwners: PollOwner[] = [];
@@ -138,7 +168,15 @@ function serve(start: IoStartMessage): readonly object[] {
         }
       }
       const revents = poll(entries, -1);
-      if (Atomics.load(control, IO_CONTROL_STOP) !== 0) break;
+      if (Atomics.load(control, IO_CONTROL_COMMAND) === IO_PAUSE) {
+        // The ring positions reported are those after every request taken so far was completed.
+        post({ type: "paused", devices: devices.map((device) => device.state()) });
+        while (Atomics.load(control, IO_CONTROL_COMMAND) === IO_PAUSE) Atomics.wait(control, IO_CONTROL_COMMAND, IO_PAUSE);
+        if (Atomics.load(control, IO_CONTROL_COMMAND) !== IO_STOP) post({ type: "resumed" });
+        // Whatever arrived meanwhile is still pending on its eventfd: the next poll sees it.
+        continue;
+      }
+      if (Atomics.load(control, IO_CONTROL_COMMAND) === IO_STOP) break;
       if (revents[0]) {
         drainEventfd(entries[0]!.fd);
         for (const device of devices) device.syncStatus();

@@ -148,6 +148,7 @@ function bigintAddress(address: bigint): number {
 
 /** Owns the memfd and the mappings; lives on the thread that built the VM. */
 export class GuestMemory extends GuestMemoryView {
+  /** The memfd behind fresh guest RAM; -1 for RAM mapped privately from a snapshot file (see `mapPrivate`). */
   readonly memfd: number;
   readonly regions: readonly GuestRegion[];
   private disposed = false;
@@ -156,6 +157,32 @@ export class GuestMemory extends GuestMemoryView {
     super({ regions });
     this.memfd = memfd;
     this.regions = regions;
+  }
+
+  /**
+   * Guest RAM backed copy-on-write by `fd` (a snapshot's memory file or an
+   * in-memory snapshot's memfd): region i is the file's bytes from
+   * `fileOffsets[i]`. Pages load when first touched and writes stay private to
+   * this VM, so restoring reads nothing up front and never changes the file.
+   * The caller keeps `fd` (the mappings do not need it open).
+   */
+  static mapPrivate(fd: number, specs: readonly (RegionSpec & { readonly fileOffset: number })[]): GuestMemory {
+    validateLayout(specs);
+    const regions: GuestRegion[] = [];
+    try {
+      for (const spec of specs) {
+        if (!Number.isSafeInteger(spec.fileOffset) || spec.fileOffset < 0 || spec.fileOffset % PAGE_SIZE !== 0) {
+          throw new GuestMemoryError(`guest region 0x${spec.guestAddress.toString(16)}: file offset ${spec.fileOffset} must be page aligned`);
+        }
+        const { buffer, bytes, hostAddress } = pageAlignedBuffer(spec);
+        mmap(hostAddress, spec.size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED, fd, spec.fileOffset, "guest RAM (copy-on-write)");
+        regions.push({ guestAddress: spec.guestAddress, size: spec.size, fileOffset: spec.fileOffset, hostAddress, buffer, bytes });
+      }
+    } catch (error) {
+      restoreAnonymous(regions);
+      throw error;
+    }
+    return new GuestMemory(-1, regions);
   }
 
   static create(specs: readonly RegionSpec[], name = "volt-guest-ram"): GuestMemory {
@@ -167,12 +194,7 @@ export class GuestMemory extends GuestMemoryView {
       ftruncate(memfd, total);
       let fileOffset = 0;
       for (const spec of specs) {
-        const buffer = new SharedArrayBuffer(spec.size);
-        const bytes = new Uint8Array(buffer);
-        const hostAddress = ptr(bytes);
-        if (hostAddress % PAGE_SIZE !== 0) {
-          throw new GuestMemoryError(`host buffer for guest region 0x${spec.guestAddress.toString(16)} is not page aligned`);
-        }
+        const { buffer, bytes, hostAddress } = pageAlignedBuffer(spec);
         // Replace the buffer's pages with the memfd's: same address, so every
         // existing and future view of `buffer` now reads and writes guest RAM.
         mmap(hostAddress, spec.size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, memfd, fileOffset, "guest RAM");
@@ -197,8 +219,18 @@ export class GuestMemory extends GuestMemoryView {
     if (this.disposed) return;
     this.disposed = true;
     restoreAnonymous(this.regions);
-    close(this.memfd);
+    if (this.memfd >= 0) close(this.memfd);
   }
+}
+
+function pageAlignedBuffer(spec: RegionSpec): { buffer: SharedArrayBuffer; bytes: Uint8Array; hostAddress: number } {
+  const buffer = new SharedArrayBuffer(spec.size);
+  const bytes = new Uint8Array(buffer);
+  const hostAddress = ptr(bytes);
+  if (hostAddress % PAGE_SIZE !== 0) {
+    throw new GuestMemoryError(`host buffer for guest region 0x${spec.guestAddress.toString(16)} is not page aligned`);
+  }
+  return { buffer, bytes, hostAddress };
 }
 
 function restoreAnonymous(regions: readonly GuestRegion[]): void {

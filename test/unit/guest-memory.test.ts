@@ -1,5 +1,7 @@
 import { afterAll, describe, expect, test } from "bun:test";
-import { readFileSync } from "node:fs";
+import { closeSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { GuestMemory, GuestMemoryError, GuestMemoryView } from "../../src/memory/guest-memory.ts";
 
 const MiB = 1 << 20;
@@ -89,5 +91,42 @@ describe("GuestMemory.create rejects bad layouts", () => {
     ],
   ] as const)("%s", (_, specs) => {
     expect(() => GuestMemory.create(specs)).toThrow(GuestMemoryError);
+  });
+});
+
+describe("GuestMemory.mapPrivate (restoring from a memory file)", () => {
+  test("regions read the file at their offsets, writes stay private, the file never changes, two mappings diverge", () => {
+    const dir = mkdtempSync(join(tmpdir(), "volt-mem-"));
+    try {
+      const path = join(dir, "memory");
+      const contents = new Uint8Array(3 * MiB);
+      contents.set(new TextEncoder().encode("low"), 0x10);
+      contents.set(new TextEncoder().encode("high"), 2 * MiB + 0x20);
+      writeFileSync(path, contents);
+      const fd = openSync(path, "r");
+      const layout = [
+        { guestAddress: 0, size: 2 * MiB, fileOffset: 0 },
+        { guestAddress: 4 * MiB, size: MiB, fileOffset: 2 * MiB },
+      ];
+      const first = GuestMemory.mapPrivate(fd, layout);
+      const second = GuestMemory.mapPrivate(fd, layout);
+      closeSync(fd); // the mappings outlive the descriptor
+      try {
+        expect(new TextDecoder().decode(first.read(0x10, 3))).toBe("low");
+        expect(new TextDecoder().decode(first.read(4 * MiB + 0x20, 4))).toBe("high");
+        first.write(0x10, new TextEncoder().encode("ONE"));
+        second.write(0x10, new TextEncoder().encode("TWO"));
+        expect(new TextDecoder().decode(first.read(0x10, 3))).toBe("ONE");
+        expect(new TextDecoder().decode(second.read(0x10, 3))).toBe("TWO");
+        expect(readFileSync(path).equals(Buffer.from(contents))).toBe(true);
+        expect(first.memfd).toBe(-1);
+      } finally {
+        first.dispose();
+        second.dispose();
+      }
+      expect(() => GuestMemory.mapPrivate(0, [{ guestAddress: 0, size: MiB, fileOffset: 100 }])).toThrow("file offset 100 must be page aligned");
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

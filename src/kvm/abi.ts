@@ -207,6 +207,168 @@ export const kvm_lapic_state = defineStruct("struct kvm_lapic_state", 1024, {
   regs: [0, "u8", 1024],
 });
 
+// ---------------------------------------------------------------- vCPU and VM state (snapshots; see state.ts)
+
+/** The legacy XSAVE area: KVM_GET_XSAVE/KVM_SET_XSAVE move exactly these 4096 bytes. */
+export const kvm_xsave = defineStruct("struct kvm_xsave", 4096, {
+  region: [0, "u32", 1024],
+});
+
+export const KVM_MAX_XCRS = 16;
+
+export const kvm_xcr = defineStruct("struct kvm_xcr", 16, {
+  xcr: [0, "u32"],
+  reserved: [4, "u32"],
+  value: [8, "u64"],
+});
+
+/** Extended control registers (XCR0); `nr_xcrs` kvm_xcr entries from KVM_XCRS_ENTRIES_OFFSET. */
+export const kvm_xcrs = defineStruct("struct kvm_xcrs", 392, {
+  nr_xcrs: [0, "u32"],
+  flags: [4, "u32"],
+  xcrs: [8, "u8", KVM_MAX_XCRS * 16],
+  padding: [264, "u64", 16],
+});
+export const KVM_XCRS_ENTRIES_OFFSET = 8;
+
+/** Pending exceptions, interrupts, NMIs and SMIs that live outside the registers. */
+export const kvm_vcpu_events = defineStruct("struct kvm_vcpu_events", 64, {
+  "exception.injected": [0, "u8"],
+  "exception.nr": [1, "u8"],
+  "exception.has_error_code": [2, "u8"],
+  "exception.pending": [3, "u8"],
+  "exception.error_code": [4, "u32"],
+  "interrupt.injected": [8, "u8"],
+  "interrupt.nr": [9, "u8"],
+  "interrupt.soft": [10, "u8"],
+  "interrupt.shadow": [11, "u8"],
+  "nmi.injected": [12, "u8"],
+  "nmi.pending": [13, "u8"],
+  "nmi.masked": [14, "u8"],
+  "nmi.pad": [15, "u8"],
+  sipi_vector: [16, "u32"],
+  flags: [20, "u32"],
+  "smi.smm": [24, "u8"],
+  "smi.pending": [25, "u8"],
+  "smi.smm_inside_nmi": [26, "u8"],
+  "smi.latched_init": [27, "u8"],
+  "triple_fault.pending": [28, "u8"],
+  reserved: [29, "u8", 26],
+  exception_has_payload: [55, "u8"],
+  exception_payload: [56, "u64"],
+});
+
+/** kvm_vcpu_events.flags: which optional fields KVM_SET_VCPU_EVENTS applies. */
+export const KVM_VCPUEVENT_VALID_NMI_PENDING = 0x01;
+export const KVM_VCPUEVENT_VALID_SIPI_VECTOR = 0x02;
+export const KVM_VCPUEVENT_VALID_SHADOW = 0x04;
+export const KVM_VCPUEVENT_VALID_SMM = 0x08;
+export const KVM_VCPUEVENT_VALID_PAYLOAD = 0x10;
+export const KVM_VCPUEVENT_VALID_TRIPLE_FAULT = 0x20;
+
+export const kvm_debugregs = defineStruct("struct kvm_debugregs", 128, {
+  db: [0, "u64", 4],
+  dr6: [32, "u64"],
+  dr7: [40, "u64"],
+  flags: [48, "u64"],
+  reserved: [56, "u64", 9],
+});
+
+/** kvm_mp_state.mp_state values. */
+export const KVM_MP_STATE_RUNNABLE = 0;
+export const KVM_MP_STATE_UNINITIALIZED = 1;
+export const KVM_MP_STATE_INIT_RECEIVED = 2;
+export const KVM_MP_STATE_HALTED = 3;
+export const KVM_MP_STATE_SIPI_RECEIVED = 4;
+
+export const kvm_pic_state = defineStruct("struct kvm_pic_state", 16, {
+  last_irr: [0, "u8"],
+  irr: [1, "u8"],
+  imr: [2, "u8"],
+  isr: [3, "u8"],
+  priority_add: [4, "u8"],
+  irq_base: [5, "u8"],
+  read_reg_select: [6, "u8"],
+  poll: [7, "u8"],
+  special_mask: [8, "u8"],
+  init_state: [9, "u8"],
+  auto_eoi: [10, "u8"],
+  rotate_on_auto_eoi: [11, "u8"],
+  special_fully_nested_mode: [12, "u8"],
+  init4: [13, "u8"],
+  elcr: [14, "u8"],
+  elcr_mask: [15, "u8"],
+});
+
+export const KVM_IOAPIC_NUM_PINS = 24;
+
+/** The redirection entries are C bitfields; `redirtbl` gives each one as its raw 64 bits. */
+export const kvm_ioapic_state = defineStruct("struct kvm_ioapic_state", 216, {
+  base_address: [0, "u64"],
+  ioregsel: [8, "u32"],
+  id: [12, "u32"],
+  irr: [16, "u32"],
+  pad: [20, "u32"],
+  redirtbl: [24, "u64", KVM_IOAPIC_NUM_PINS],
+});
+
+export const KVM_IRQCHIP_PIC_MASTER = 0;
+export const KVM_IRQCHIP_PIC_SLAVE = 1;
+export const KVM_IRQCHIP_IOAPIC = 2;
+
+/** One in-kernel interrupt controller, chosen by `chip_id`; `chip` holds a kvm_pic_state or kvm_ioapic_state. */
+export const kvm_irqchip = defineStruct("struct kvm_irqchip", 520, {
+  chip_id: [0, "u32"],
+  pad: [4, "u32"],
+  "chip.dummy": [8, "u8", 512],
+  ...embed("chip.pic", 8, kvm_pic_state),
+  ...embed("chip.ioapic", 8, kvm_ioapic_state),
+});
+export const KVM_IRQCHIP_CHIP_OFFSET = 8;
+export const KVM_IRQCHIP_CHIP_SIZE = 512;
+
+/** C's count_load_time is __s64 (host ktime in ns); read here as its unsigned bits. */
+export const kvm_pit_channel_state = defineStruct("struct kvm_pit_channel_state", 24, {
+  count: [0, "u32"],
+  latched_count: [4, "u16"],
+  count_latched: [6, "u8"],
+  status_latched: [7, "u8"],
+  status: [8, "u8"],
+  read_state: [9, "u8"],
+  write_state: [10, "u8"],
+  write_latch: [11, "u8"],
+  rw_mode: [12, "u8"],
+  mode: [13, "u8"],
+  bcd: [14, "u8"],
+  gate: [15, "u8"],
+  count_load_time: [16, "u64"],
+});
+
+export const kvm_pit_state2 = defineStruct("struct kvm_pit_state2", 112, {
+  ...embed("channels[0]", 0, kvm_pit_channel_state),
+  ...embed("channels[1]", 24, kvm_pit_channel_state),
+  ...embed("channels[2]", 48, kvm_pit_channel_state),
+  flags: [72, "u32"],
+  reserved: [76, "u32", 9],
+});
+
+export const KVM_PIT_FLAGS_HPET_LEGACY = 0x1;
+
+/** kvmclock: the guest's paravirtual clock, in ns. */
+export const kvm_clock_data = defineStruct("struct kvm_clock_data", 48, {
+  clock: [0, "u64"],
+  flags: [8, "u32"],
+  pad0: [12, "u32"],
+  realtime: [16, "u64"],
+  host_tsc: [24, "u64"],
+  pad: [32, "u32", 4],
+});
+
+/** kvm_clock_data.flags (KVM_CHECK_EXTENSION(KVM_CAP_ADJUST_CLOCK) says which this host supports). */
+export const KVM_CLOCK_TSC_STABLE = 2;
+export const KVM_CLOCK_REALTIME = 1 << 2;
+export const KVM_CLOCK_HOST_TSC = 1 << 3;
+
 // ---------------------------------------------------------------- ioctl requests
 export const KVM_IOCTL = {
   // system (/dev/kvm)
@@ -226,6 +388,13 @@ export const KVM_IOCTL = {
   KVM_IRQFD: iow(0x76, kvm_irqfd.size),
   KVM_CREATE_PIT2: iow(0x77, kvm_pit_config.size),
   KVM_IOEVENTFD: iow(0x79, kvm_ioeventfd.size),
+  KVM_GET_IRQCHIP: iowr(0x62, kvm_irqchip.size),
+  // _IOR although userspace writes: the header has always said so
+  KVM_SET_IRQCHIP: ior(0x63, kvm_irqchip.size),
+  KVM_SET_CLOCK: iow(0x7b, kvm_clock_data.size),
+  KVM_GET_CLOCK: ior(0x7c, kvm_clock_data.size),
+  KVM_GET_PIT2: ior(0x9f, kvm_pit_state2.size),
+  KVM_SET_PIT2: iow(0xa0, kvm_pit_state2.size),
   // vCPU
   KVM_RUN: io(0x80),
   KVM_GET_REGS: ior(0x81, kvm_regs.size),
@@ -241,6 +410,19 @@ export const KVM_IOCTL = {
   KVM_SET_CPUID2: iow(0x90, kvm_cpuid2.size),
   KVM_GET_MP_STATE: ior(0x98, kvm_mp_state.size),
   KVM_SET_MP_STATE: iow(0x99, kvm_mp_state.size),
+  KVM_GET_CPUID2: iowr(0x91, kvm_cpuid2.size),
+  KVM_GET_VCPU_EVENTS: ior(0x9f, kvm_vcpu_events.size),
+  KVM_SET_VCPU_EVENTS: iow(0xa0, kvm_vcpu_events.size),
+  KVM_GET_DEBUGREGS: ior(0xa1, kvm_debugregs.size),
+  KVM_SET_DEBUGREGS: iow(0xa2, kvm_debugregs.size),
+  KVM_SET_TSC_KHZ: io(0xa2),
+  KVM_GET_TSC_KHZ: io(0xa3),
+  KVM_GET_XSAVE: ior(0xa4, kvm_xsave.size),
+  KVM_SET_XSAVE: iow(0xa5, kvm_xsave.size),
+  KVM_GET_XCRS: ior(0xa6, kvm_xcrs.size),
+  KVM_SET_XCRS: iow(0xa7, kvm_xcrs.size),
+  KVM_KVMCLOCK_CTRL: io(0xad),
+  KVM_GET_XSAVE2: ior(0xcf, kvm_xsave.size),
 } as const;
 
 export const KVM_API_VERSION = 12;
@@ -265,11 +447,15 @@ export const KVM_CAP = {
   KVM_CAP_DEBUGREGS: 50,
   KVM_CAP_XSAVE: 55,
   KVM_CAP_XCRS: 56,
+  KVM_CAP_TSC_CONTROL: 60,
+  KVM_CAP_GET_TSC_KHZ: 61,
   KVM_CAP_MAX_VCPUS: 66,
   KVM_CAP_TSC_DEADLINE_TIMER: 72,
   KVM_CAP_KVMCLOCK_CTRL: 76,
   KVM_CAP_SIGNAL_MSI: 77,
+  KVM_CAP_CHECK_EXTENSION_VM: 105,
   KVM_CAP_IMMEDIATE_EXIT: 136,
+  KVM_CAP_XSAVE2: 208,
 } as const;
 export type KvmCapability = keyof typeof KVM_CAP;
 

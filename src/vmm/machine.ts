@@ -21,8 +21,27 @@ export interface MachineOptions {
   readonly bootTimer?: boolean;
 }
 
-export function createMachineShared(vmFd: number, virtio: VirtioShared, options: MachineOptions = {}): MachineShared {
-  return { vmFd, serial: createSerialState(), virtio, ...(options.bootTimer ? { bootTimer: createBootTimerState() } : {}) };
+/** `restore` (from a snapshot) overwrites the fresh device state with what the guest left. */
+export function createMachineShared(
+  vmFd: number,
+  virtio: VirtioShared,
+  options: MachineOptions = {},
+  restore?: { readonly serial: Uint8Array; readonly bootTimer?: Uint8Array },
+): MachineShared {
+  const serial = createSerialState();
+  const bootTimer = options.bootTimer ? createBootTimerState() : undefined;
+  if (restore) {
+    copyState(serial.buffer, restore.serial, "serial");
+    // A lock word saved while held would deadlock every thread; a paused VM holds none, but never trust a file.
+    new Int32Array(serial.buffer, 0, 1)[0] = 0;
+    if (bootTimer && restore.bootTimer) copyState(bootTimer.buffer, restore.bootTimer, "boot timer");
+  }
+  return { vmFd, serial, virtio, ...(bootTimer ? { bootTimer } : {}) };
+}
+
+function copyState(target: SharedArrayBuffer, saved: Uint8Array, what: string): void {
+  if (saved.byteLength !== target.byteLength) throw new Error(`${what} state is ${saved.byteLength} bytes; this Volt keeps ${target.byteLength}`);
+  new Uint8Array(target).set(saved);
 }
 
 /** An edge on an in-kernel irqchip input: raise then lower, so the IOAPIC sees one edge per event. */

@@ -3,7 +3,7 @@
  * the serial console to the host, feeds host input to the guest, and turns
  * how the vCPUs finished into an outcome.
  *
- * How Volt learns that the guest ended (no ACPI yet, see the README):
+ * How Volt learns that the guest ended:
  *   reboot  — i8042 reset (reboot=k), the ACPI reset register (reboot=acpi) or a triple fault (reboot=t);
  *   poweroff — ACPI S5 on the sleep control register; for kernels without ACPI, the
  *              kernel's "reboot: Power down" / "System halted" console line;
@@ -12,7 +12,8 @@
 import { takeSerialOutput } from "../devices/legacy/serial.ts";
 import type { Finished } from "../vcpu/vcpu-thread.ts";
 import { VcpuThread } from "../vcpu/vcpu-thread.ts";
-import { IoThread } from "../devices/virtio/io-thread.ts";
+import { IoThread, type VirtioDeviceState } from "../devices/virtio/io-thread.ts";
+import type { MachineShared } from "../vcpu/protocol.ts";
 import type { BuiltVm } from "./builder.ts";
 import { buildMachineDevices, createMachineShared } from "./machine.ts";
 
@@ -42,6 +43,8 @@ export interface RunOptions {
   readonly startedAtMs: number;
   /** A guest driver broke a virtio device (the VM goes on). */
   readonly onDeviceError?: (message: string) => void;
+  /** Device state from a snapshot, for a restored VM. */
+  readonly restore?: DeviceSnapshot;
 }
 
 const POWER_OFF_PATTERN = /reboot: (Power down|System halted)/;
@@ -49,83 +52,196 @@ const PANIC_PATTERN = /Kernel panic - not syncing/;
 const PUMP_INTERVAL_MS = 5;
 const STOP_GRACE_MS = 5000;
 
-export async function runVm(built: BuiltVm, options: RunOptions): Promise<VmOutcome> {
-  const shared = createMachineShared(built.vm.fd, built.virtio, { bootTimer: built.config.bootTimer ?? false });
-  let bootTimeMs: number | undefined;
-  let consoleTail = "";
-  let consoleVerdict: { kind: OutcomeKind; detail: string } | undefined;
-  const ended = Promise.withResolvers<{ kind: OutcomeKind; detail: string }>();
+export type VmRunState = "running" | "paused" | "stopping";
 
-  const pump = () => {
-    const bytes = takeSerialOutput(shared.serial);
-    if (bytes.length === 0) return;
-    options.console.write(bytes);
-    // Scan a sliding window so a marker split across two drains is still seen.
-    consoleTail = (consoleTail + new TextDecoder().decode(bytes)).slice(-512);
-    if (!consoleVerdict && PANIC_PATTERN.test(consoleTail)) consoleVerdict = { kind: "panic", detail: "the guest kernel panicked" };
-    if (!consoleVerdict && POWER_OFF_PATTERN.test(consoleTail)) {
-      consoleVerdict = { kind: "poweroff", detail: "the guest powered off" };
-      ended.resolve(consoleVerdict);
-    }
-  };
-  const pumpTimer = setInterval(pump, PUMP_INTERVAL_MS);
+/** Everything the guest left in Volt's devices, for a snapshot (or from one, to restore). */
+export interface DeviceSnapshot {
+  readonly serial: Uint8Array;
+  readonly bootTimer?: Uint8Array;
+  /** Per virtio slot: the transport's shared registers. */
+  readonly virtioTransports: readonly Uint8Array[];
+  readonly virtioDevices: readonly VirtioDeviceState[];
+}
 
-  // The VMM thread's own view of the devices, to raise the UART's receive interrupt for host input.
-  const hostSide = buildMachineDevices(shared, { onResetRequest: () => {}, onPowerOff: () => {}, onBoot: () => {} });
-  const detachInput = options.console.attachInput?.((bytes) => {
-    hostSide.serial.deliverInput(bytes);
-  });
+/**
+ * A VM whose vCPUs and I/O thread are running: it can be paused, resumed,
+ * stopped and asked for its device state, and `outcome` settles when the
+ * guest ends (or Volt stops it).
+ */
+export class RunningVm {
+  readonly built: BuiltVm;
+  readonly outcome: Promise<VmOutcome>;
+  private readonly shared: MachineShared;
+  private readonly threads: VcpuThread[];
+  private readonly io: IoThread | undefined;
+  private readonly end: (result: { kind: OutcomeKind; detail: string }) => void;
+  private runState: VmRunState = "running";
+  /** Serialises pause/resume/snapshot requests: each sees the state the previous one left. */
+  private queue: Promise<unknown> = Promise.resolve();
 
-  const onSignal = (signal: NodeJS.Signals) => ended.resolve({ kind: "signal", detail: `stopped by ${signal}` });
-  process.on("SIGINT", onSignal);
-  process.on("SIGTERM", onSignal);
-
-  const threads: VcpuThread[] = [];
-  let io: IoThread | undefined;
-  try {
-    if (built.virtio.slots.length > 0) {
-      io = await IoThread.start(built.memory.share(), built.virtio, options.onDeviceError);
-      io.finished.then((result) => {
-        // The I/O thread only ends on its own when it fails; the guest cannot go on without its devices.
-        if (result.error !== undefined) ended.resolve({ kind: "error", detail: `virtio I/O thread: ${result.error}` });
-      });
-    }
-    for (const handle of built.vcpus) {
-      const thread = await VcpuThread.start(handle, {
-        machine: shared,
-        onBoot: (atMs) => {
-          bootTimeMs ??= atMs - options.startedAtMs;
-        },
-      });
-      threads.push(thread);
-      thread.finished.then(
-        (finished) => ended.resolve(outcomeOf(finished)),
-        (error: Error) => ended.resolve({ kind: "error", detail: error.message }),
-      );
-    }
-    const result = await ended.promise;
-    for (const thread of threads) thread.stop();
-    await Promise.race([Promise.allSettled(threads.map((t) => t.finished)), Bun.sleep(STOP_GRACE_MS)]);
-    // After the vCPUs: a request the guest queued before stopping may still be completing.
-    io?.stop();
-    const ioResult = io ? await Promise.race([io.finished, Bun.sleep(STOP_GRACE_MS).then(() => undefined)]) : undefined;
-    pump();
-    // A panic reboots the guest (panic=1): the console line says what really happened.
-    const final = consoleVerdict?.kind === "panic" ? consoleVerdict : result;
-    return {
-      ...final,
-      ...(bootTimeMs !== undefined ? { bootTimeMs } : {}),
-      ...(ioResult ? { deviceStats: ioResult.stats } : {}),
-      ...(io && io.deviceErrors.length > 0 ? { deviceErrors: io.deviceErrors } : {}),
-    };
-  } finally {
-    clearInterval(pumpTimer);
-    detachInput?.();
-    process.off("SIGINT", onSignal);
-    process.off("SIGTERM", onSignal);
-    for (const thread of threads) thread.terminate();
-    io?.terminate();
+  private constructor(
+    built: BuiltVm,
+    shared: MachineShared,
+    threads: VcpuThread[],
+    io: IoThread | undefined,
+    outcome: Promise<VmOutcome>,
+    end: (result: { kind: OutcomeKind; detail: string }) => void,
+  ) {
+    this.built = built;
+    this.shared = shared;
+    this.threads = threads;
+    this.io = io;
+    this.outcome = outcome;
+    this.end = end;
+    outcome.finally(() => (this.runState = "stopping")).catch(() => {});
   }
+
+  get state(): VmRunState {
+    return this.runState;
+  }
+
+  static async start(built: BuiltVm, options: RunOptions): Promise<RunningVm> {
+    const shared = createMachineShared(built.vm.fd, built.virtio, { bootTimer: built.config.bootTimer ?? false }, options.restore);
+    let bootTimeMs: number | undefined;
+    let consoleTail = "";
+    let consoleVerdict: { kind: OutcomeKind; detail: string } | undefined;
+    const ended = Promise.withResolvers<{ kind: OutcomeKind; detail: string }>();
+
+    const pump = () => {
+      const bytes = takeSerialOutput(shared.serial);
+      if (bytes.length === 0) return;
+      options.console.write(bytes);
+      // Scan a sliding window so a marker split across two drains is still seen.
+      consoleTail = (consoleTail + new TextDecoder().decode(bytes)).slice(-512);
+      if (!consoleVerdict && PANIC_PATTERN.test(consoleTail)) consoleVerdict = { kind: "panic", detail: "the guest kernel panicked" };
+      if (!consoleVerdict && POWER_OFF_PATTERN.test(consoleTail)) {
+        consoleVerdict = { kind: "poweroff", detail: "the guest powered off" };
+        ended.resolve(consoleVerdict);
+      }
+    };
+    const pumpTimer = setInterval(pump, PUMP_INTERVAL_MS);
+
+    // The VMM thread's own view of the devices, to raise the UART's receive interrupt for host input.
+    const hostSide = buildMachineDevices(shared, { onResetRequest: () => {}, onPowerOff: () => {}, onBoot: () => {} });
+    const detachInput = options.console.attachInput?.((bytes) => {
+      hostSide.serial.deliverInput(bytes);
+    });
+
+    const onSignal = (signal: NodeJS.Signals) => ended.resolve({ kind: "signal", detail: `stopped by ${signal}` });
+    process.on("SIGINT", onSignal);
+    process.on("SIGTERM", onSignal);
+
+    const threads: VcpuThread[] = [];
+    let io: IoThread | undefined;
+    const cleanup = () => {
+      clearInterval(pumpTimer);
+      detachInput?.();
+      process.off("SIGINT", onSignal);
+      process.off("SIGTERM", onSignal);
+      for (const thread of threads) thread.terminate();
+      io?.terminate();
+    };
+    try {
+      if (built.virtio.slots.length > 0) {
+        io = await IoThread.start(built.memory.share(), built.virtio, options.onDeviceError, options.restore?.virtioDevices);
+        io.finished.then((result) => {
+          // The I/O thread only ends on its own when it fails; the guest cannot go on without its devices.
+          if (result.error !== undefined) ended.resolve({ kind: "error", detail: `virtio I/O thread: ${result.error}` });
+        });
+      }
+      for (const handle of built.vcpus) {
+        const thread = await VcpuThread.start(handle, {
+          machine: shared,
+          onBoot: (atMs) => {
+            bootTimeMs ??= atMs - options.startedAtMs;
+          },
+        });
+        threads.push(thread);
+        thread.finished.then(
+          (finished) => ended.resolve(outcomeOf(finished)),
+          (error: Error) => ended.resolve({ kind: "error", detail: error.message }),
+        );
+      }
+    } catch (error) {
+      cleanup();
+      throw error;
+    }
+
+    const outcome = (async (): Promise<VmOutcome> => {
+      try {
+        const result = await ended.promise;
+        for (const thread of threads) thread.stop();
+        await Promise.race([Promise.allSettled(threads.map((t) => t.finished)), Bun.sleep(STOP_GRACE_MS)]);
+        // After the vCPUs: a request the guest queued before stopping may still be completing.
+        io?.stop();
+        const ioResult = io ? await Promise.race([io.finished, Bun.sleep(STOP_GRACE_MS).then(() => undefined)]) : undefined;
+        pump();
+        // A panic reboots the guest (panic=1): the console line says what really happened.
+        const final = consoleVerdict?.kind === "panic" ? consoleVerdict : result;
+        return {
+          ...final,
+          ...(bootTimeMs !== undefined ? { bootTimeMs } : {}),
+          ...(ioResult ? { deviceStats: ioResult.stats } : {}),
+          ...(io && io.deviceErrors.length > 0 ? { deviceErrors: io.deviceErrors } : {}),
+        };
+      } finally {
+        cleanup();
+      }
+    })();
+    return new RunningVm(built, shared, threads, io, outcome, (result) => ended.resolve(result));
+  }
+
+  /** Every vCPU parked outside KVM_RUN and every device quiesced; resolves with the devices' state. */
+  pause(): Promise<void> {
+    return this.serialised(async () => {
+      if (this.runState !== "running") return;
+      await Promise.all(this.threads.map((thread) => thread.pause()));
+      this.pausedDevices = (await this.io?.pause()) ?? [];
+      this.runState = "paused";
+    });
+  }
+
+  resume(): Promise<void> {
+    return this.serialised(async () => {
+      if (this.runState !== "paused") return;
+      // Devices first, so a request the guest makes the moment it runs is served.
+      await this.io?.resume();
+      await Promise.all(this.threads.map((thread) => thread.resume()));
+      this.pausedDevices = undefined;
+      this.runState = "running";
+    });
+  }
+
+  /** The device state of a paused VM (what a snapshot records). */
+  deviceSnapshot(): DeviceSnapshot {
+    if (this.runState !== "paused" || !this.pausedDevices) throw new Error("the VM must be paused to capture its devices");
+    return {
+      serial: new Uint8Array(this.shared.serial.buffer).slice(),
+      ...(this.shared.bootTimer ? { bootTimer: new Uint8Array(this.shared.bootTimer.buffer).slice() } : {}),
+      virtioTransports: this.built.virtio.slots.map((slot) => new Uint8Array(slot.transport.buffer).slice()),
+      virtioDevices: this.pausedDevices,
+    };
+  }
+
+  /** Ends the VM as if the guest had, with this outcome. */
+  stop(kind: OutcomeKind = "signal", detail = "stopped on request"): void {
+    this.runState = "stopping";
+    // A paused vCPU wakes from its park to stop; a paused I/O thread too.
+    this.end({ kind, detail });
+  }
+
+  /** Runs `task` after every earlier pause/resume/snapshot request has finished. */
+  serialised<T>(task: () => Promise<T>): Promise<T> {
+    const next = this.queue.then(task, task);
+    this.queue = next.catch(() => {});
+    return next;
+  }
+
+  private pausedDevices: readonly VirtioDeviceState[] | undefined;
+}
+
+export async function runVm(built: BuiltVm, options: RunOptions): Promise<VmOutcome> {
+  return (await RunningVm.start(built, options)).outcome;
 }
 
 function outcomeOf(finished: Finished): { kind: OutcomeKind; detail: string } {

@@ -10,8 +10,10 @@ import {
   KVM_CAP,
   KVM_CPUID2_ENTRIES_OFFSET,
   KVM_IOCTL,
+  KVM_MSR_LIST_INDICES_OFFSET,
   kvm_cpuid2,
   kvm_cpuid_entry2,
+  kvm_msr_list,
   type KvmCapability,
 } from "./abi.ts";
 import { readCpuidEntries, type CpuidEntry } from "./cpuid.ts";
@@ -102,6 +104,28 @@ export class Kvm {
     new StructView(kvm_cpuid2, bytes).set("nent", maxEntries);
     ioctlBuffer(this.fd, KVM_IOCTL.KVM_GET_SUPPORTED_CPUID, bytes, "KVM_GET_SUPPORTED_CPUID");
     return readCpuidEntries(bytes);
+  }
+
+  /**
+   * KVM_GET_MSR_INDEX_LIST: the MSRs KVM can save and restore for a guest
+   * (msrs_to_save plus the emulated ones), in KVM's order. Some need a CPUID
+   * feature the vCPU may lack; KVM_GET_MSRS on the vCPU says which it reads.
+   */
+  msrIndexList(): number[] {
+    // The first call asks for 0 entries; KVM answers E2BIG and writes how many there are.
+    const probe = new StructView(kvm_msr_list).set("nmsrs", 0);
+    try {
+      ioctlBuffer(this.fd, KVM_IOCTL.KVM_GET_MSR_INDEX_LIST, probe.bytes, "KVM_GET_MSR_INDEX_LIST");
+    } catch (error) {
+      if (!(error instanceof SyscallError && error.is("E2BIG"))) throw error;
+    }
+    const count = probe.get("nmsrs");
+    const bytes = new Uint8Array(KVM_MSR_LIST_INDICES_OFFSET + count * 4);
+    new StructView(kvm_msr_list, bytes).set("nmsrs", count);
+    ioctlBuffer(this.fd, KVM_IOCTL.KVM_GET_MSR_INDEX_LIST, bytes, "KVM_GET_MSR_INDEX_LIST");
+    const written = Math.min(new StructView(kvm_msr_list, bytes).get("nmsrs"), count);
+    const view = new DataView(bytes.buffer, bytes.byteOffset + KVM_MSR_LIST_INDICES_OFFSET, count * 4);
+    return Array.from({ length: written }, (_, i) => view.getUint32(i * 4, true));
   }
 
   createVm(): Vm {

@@ -1,6 +1,19 @@
 /** A KVM virtual machine file descriptor (rust-vmm's `VmFd`). */
 import { close, ioctl, ioctlBuffer } from "../ffi/syscalls.ts";
-import { KVM_IOCTL, KVM_IOEVENTFD_FLAG_DATAMATCH, kvm_ioeventfd, kvm_irq_level, kvm_irqfd, kvm_pit_config, kvm_userspace_memory_region } from "./abi.ts";
+import {
+  KVM_CAP,
+  KVM_IOCTL,
+  KVM_IOEVENTFD_FLAG_DATAMATCH,
+  kvm_clock_data,
+  kvm_ioeventfd,
+  kvm_irq_level,
+  kvm_irqchip,
+  kvm_irqfd,
+  kvm_pit_config,
+  kvm_pit_state2,
+  kvm_userspace_memory_region,
+  type KvmCapability,
+} from "./abi.ts";
 import { StructView } from "./struct.ts";
 
 export interface MemorySlot {
@@ -80,6 +93,51 @@ export class Vm {
   registerIrqfd(eventFd: number, gsi: number): void {
     const request = new StructView(kvm_irqfd).set("fd", eventFd).set("gsi", gsi);
     ioctlBuffer(this.fd, KVM_IOCTL.KVM_IRQFD, request.bytes, `KVM_IRQFD gsi ${gsi}`);
+  }
+
+  /**
+   * KVM_CHECK_EXTENSION on this VM (KVM_CAP_CHECK_EXTENSION_VM): some answers
+   * depend on the VM, e.g. KVM_CAP_XSAVE2's XSAVE area size.
+   */
+  checkExtension(capability: KvmCapability): number {
+    return ioctl(this.fd, KVM_IOCTL.KVM_CHECK_EXTENSION, KVM_CAP[capability], capability);
+  }
+
+  /** One in-kernel interrupt controller's state: KVM_IRQCHIP_PIC_MASTER, _PIC_SLAVE or _IOAPIC. */
+  getIrqchip(chipId: number): StructView<typeof kvm_irqchip.fields> {
+    const chip = new StructView(kvm_irqchip).set("chip_id", chipId);
+    ioctlBuffer(this.fd, KVM_IOCTL.KVM_GET_IRQCHIP, chip.bytes, `KVM_GET_IRQCHIP ${chipId}`);
+    return chip;
+  }
+
+  setIrqchip(chip: StructView<typeof kvm_irqchip.fields>): void {
+    ioctlBuffer(this.fd, KVM_IOCTL.KVM_SET_IRQCHIP, chip.bytes, `KVM_SET_IRQCHIP ${chip.get("chip_id")}`);
+  }
+
+  /** The in-kernel PIT (after createPit): its three channels and flags. */
+  getPit2(): StructView<typeof kvm_pit_state2.fields> {
+    const pit = new StructView(kvm_pit_state2);
+    ioctlBuffer(this.fd, KVM_IOCTL.KVM_GET_PIT2, pit.bytes, "KVM_GET_PIT2");
+    return pit;
+  }
+
+  setPit2(pit: StructView<typeof kvm_pit_state2.fields>): void {
+    ioctlBuffer(this.fd, KVM_IOCTL.KVM_SET_PIT2, pit.bytes, "KVM_SET_PIT2");
+  }
+
+  /** kvmclock now, in ns; `flags` says which of `realtime` and `host_tsc` KVM filled in. */
+  getClock(): StructView<typeof kvm_clock_data.fields> {
+    const clock = new StructView(kvm_clock_data);
+    ioctlBuffer(this.fd, KVM_IOCTL.KVM_GET_CLOCK, clock.bytes, "KVM_GET_CLOCK");
+    return clock;
+  }
+
+  /**
+   * Sets kvmclock to `clock` ns. With KVM_CLOCK_REALTIME in `flags`, KVM first
+   * adds the host CLOCK_REALTIME time elapsed since `realtime`.
+   */
+  setClock(clock: StructView<typeof kvm_clock_data.fields>): void {
+    ioctlBuffer(this.fd, KVM_IOCTL.KVM_SET_CLOCK, clock.bytes, "KVM_SET_CLOCK");
   }
 
   close(): void {

@@ -53,7 +53,9 @@
  *   counted in `invalid`. A backend that fails for good (the tap was deleted:
  *   poll reports POLLERR, reads say EBADFD) throws TapError out of
  *   processBackend/processQueue once, so the I/O worker reports it; the fd is
- *   never polled again and later packets are dropped and counted.
+ *   never polled again and later packets are dropped and counted. Other
+ *   write errors only drop the packet (txDropped, lastBackendError): a tap
+ *   the host has not brought up yet refuses writes with EIO.
  * - Before DRIVER_OK the tap is not polled: packets queue in the kernel.
  *
  * Known limit: QueueHandle publishes the used index per addUsed, so a driver
@@ -209,7 +211,8 @@ export class VirtioNet implements VirtioDevice {
   private rxPending = 0;
   /** The ring ran dry: do not poll for POLLIN until the driver adds buffers. */
   private rxStarved = false;
-  private readonly rxBuffer = new Uint8Array(NET_MAX_RX_PACKET);
+  /** One byte more than any packet Volt accepts, so a packet the kernel truncated to fit is recognised. */
+  private readonly rxBuffer = new Uint8Array(NET_MAX_RX_PACKET + 1);
   private readonly rxView = new DataView(this.rxBuffer.buffer);
 
   /** A chain the tap refused with EAGAIN, sent first when it becomes writable. */
@@ -369,8 +372,8 @@ export class VirtioNet implements VirtioDevice {
     while (result === -ERRNO.EINTR);
     if (result === -ERRNO.EAGAIN) return 0;
     if (result < 0) this.backendFailure(`read failed: ${netErrnoName(-result)}`);
-    if (result > this.rxBuffer.byteLength || result < VNET_HDR_SIZE + ETH_HLEN) {
-      // Truncated (longer than any frame Volt expects) or a runt: never the guest's to see.
+    if (result > NET_MAX_RX_PACKET || result < VNET_HDR_SIZE + ETH_HLEN) {
+      // Longer than any frame Volt expects (perhaps truncated), or a runt: never the guest's to see.
       this.stats.rxDropped++;
       return -1;
     }

@@ -11,7 +11,8 @@
  *   exist and the process has CAP_NET_ADMIN. A tap Volt creates is not
  *   persistent: the kernel removes it when Volt closes it, that is when the
  *   VM ends (and in between Volt configures nothing on the host side: the
- *   interface starts down, without addresses or bridge). For a tap that
+ *   interface starts down, without addresses or bridge, and until someone
+ *   brings it up the kernel refuses the guest's packets with EIO). For a tap that
  *   outlives Volt, or that an unprivileged user may open, create it
  *   beforehand: `ip tuntap add NAME mode tap user USER` (TUNSETPERSIST).
  * - The tap must be single-queue (no IFF_MULTI_QUEUE) and a tap, not a tun:

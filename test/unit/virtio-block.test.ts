@@ -39,6 +39,7 @@ import { ERRNO, SyscallError } from "../../src/ffi/errno.ts";
 import type { StructLayout } from "../../src/kvm/struct.ts";
 import { GuestMemoryView } from "../../src/memory/guest-memory.ts";
 import { cValues, mismatches, tsExpectations } from "./c-abi.ts";
+import { FakeQueue } from "./virtio-fake-queue.ts";
 
 const SECTOR = 512;
 const MEMORY_SIZE = 1 << 20;
@@ -66,25 +67,6 @@ function image(content: Uint8Array | number): string {
   return path;
 }
 
-class FakeQueue implements QueueHandle {
-  readonly chains: DescriptorChain[] = [];
-  readonly used: { head: number; written: number }[] = [];
-  notifications = 0;
-  pops = 0;
-  popError: Error | undefined;
-
-  pop(): DescriptorChain | undefined {
-    this.pops++;
-    if (this.popError && this.chains.length === 0) throw this.popError;
-    return this.chains.shift();
-  }
-  addUsed(head: number, written: number): void {
-    this.used.push({ head, written });
-  }
-  notifyIfNeeded(): void {
-    this.notifications++;
-  }
-}
 
 const ALL_FEATURES = ~0n;
 

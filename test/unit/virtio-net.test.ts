@@ -42,31 +42,13 @@ import {
 import { POLLERR, POLLIN, POLLOUT, close, ioctlBuffer, poll } from "../../src/ffi/syscalls.ts";
 import { StructView } from "../../src/kvm/struct.ts";
 import { GuestMemoryView } from "../../src/memory/guest-memory.ts";
+import { FakeQueue } from "./virtio-fake-queue.ts";
 
 const MEMORY_SIZE = 4 << 20;
 const FAKE_FD = 1000;
 const F = VIRTIO_NET_F;
 const bit = (b: number) => featureBit(b);
 
-class FakeQueue implements QueueHandle {
-  readonly chains: DescriptorChain[] = [];
-  readonly used: { head: number; written: number }[] = [];
-  notifications = 0;
-  pops = 0;
-  /** A ring size the device may read (SplitQueue has one). */
-  size: number | undefined;
-
-  pop(): DescriptorChain | undefined {
-    this.pops++;
-    return this.chains.shift();
-  }
-  addUsed(head: number, written: number): void {
-    this.used.push({ head, written });
-  }
-  notifyIfNeeded(): void {
-    this.notifications++;
-  }
-}
 
 /** A backend in memory: packets to read, packets written, and scripted results. */
 class FakeBackend implements NetBackend {
@@ -172,7 +154,7 @@ function net(options: { acked?: bigint; offloads?: number; backend?: NetBackend;
   const memory = new GuestMemoryView({ regions: [{ guestAddress: 0, size: MEMORY_SIZE, buffer: new SharedArrayBuffer(MEMORY_SIZE) }] });
   const rx = new FakeQueue();
   const tx = new FakeQueue();
-  rx.size = options.ringSize;
+  if (options.ringSize !== undefined) rx.size = options.ringSize;
   const activate = (acked = options.acked ?? device.features) =>
     device.activate({ memory, ackedFeatures: acked, queues: [rx, tx] });
   activate();
@@ -449,6 +431,7 @@ describe("virtio-net: receive", () => {
       { head: a.head, written: 1500 },
       { head: b.head, written: 512 },
     ]);
+    expect(n.rx.publishes).toEqual([2]); // both buffers published together
     const landed = concat(n.bytesOf(a.buffers[0]!), n.bytesOf(b.buffers[0]!), n.bytesOf(b.buffers[1]!));
     expect(readHeader(landed)).toEqual({ flags: 0, gso: 0, hdrLen: 0, gsoSize: 0, csumStart: 0, csumOffset: 0, numBuffers: 2 });
     expect(landed.subarray(VNET_HDR_SIZE, VNET_HDR_SIZE + data.byteLength)).toEqual(data);

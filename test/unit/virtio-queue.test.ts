@@ -448,6 +448,29 @@ describe("SplitQueue: the used ring", () => {
     expect(queue.nextUsedIndex).toBe(1);
   });
 
+  test("addUsedBatch writes every element before used idx moves, and moves it once", () => {
+    const { driver, queue, memory } = setup({ size: 4 });
+    for (let i = 0; i < 3; i++) driver.publish(driver.chain([{ address: DATA, length: 8, writable: true }]));
+    const chains = [queue.pop()!, queue.pop()!, queue.pop()!];
+    // Watch every store to used idx: a driver polling the ring must never see a partial batch.
+    const seen: number[] = [];
+    const realStore = Atomics.store;
+    (Atomics as { store: typeof Atomics.store }).store = ((array: Uint16Array, index: number, value: number) => {
+      seen.push(value);
+      return realStore(array, index, value);
+    }) as typeof Atomics.store;
+    try {
+      queue.addUsedBatch(chains.map((c, i) => ({ head: c.head, written: 10 + i })));
+    } finally {
+      (Atomics as { store: typeof Atomics.store }).store = realStore;
+    }
+    expect(seen).toEqual([3]);
+    expect(driver.usedIdx()).toBe(3);
+    expect([0, 1, 2].map((slot) => driver.usedElement(slot).len)).toEqual([10, 11, 12]);
+    expect(() => queue.addUsedBatch([{ head: 9, written: 0 }])).toThrow(RangeError);
+    expect(memory.readU16(USED + 2)).toBe(3); // a refused batch publishes nothing
+  });
+
   test("used slots wrap around the ring while idx keeps counting", () => {
     const { driver, queue } = setup({ size: 4 });
     for (let i = 0; i < 6; i++) {

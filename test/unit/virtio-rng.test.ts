@@ -9,29 +9,11 @@ import {
 } from "../../src/devices/virtio/device.ts";
 import { RNG_MAX_BYTES_PER_CHAIN, RNG_QUEUE_SIZE, VirtioRng } from "../../src/devices/virtio/rng.ts";
 import { GuestMemoryView } from "../../src/memory/guest-memory.ts";
+import { FakeQueue } from "./virtio-fake-queue.ts";
 
 const MEMORY_SIZE = 1 << 20;
 const SENTINEL = 0xa5;
 
-class FakeQueue implements QueueHandle {
-  readonly chains: DescriptorChain[] = [];
-  readonly used: { head: number; written: number }[] = [];
-  notifications = 0;
-  pops = 0;
-  popError: Error | undefined;
-
-  pop(): DescriptorChain | undefined {
-    this.pops++;
-    if (this.popError && this.chains.length === 0) throw this.popError;
-    return this.chains.shift();
-  }
-  addUsed(head: number, written: number): void {
-    this.used.push({ head, written });
-  }
-  notifyIfNeeded(): void {
-    this.notifications++;
-  }
-}
 
 function rng() {
   const device = new VirtioRng();

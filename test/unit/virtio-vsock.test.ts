@@ -52,6 +52,7 @@ import {
 } from "../../src/ffi/socket-syscalls.ts";
 import { POLLIN, POLLOUT, poll } from "../../src/ffi/syscalls.ts";
 import { GuestMemoryView } from "../../src/memory/guest-memory.ts";
+import { FakeQueue } from "./virtio-fake-queue.ts";
 
 const GUEST_CID = 3;
 const MEMORY_SIZE = 16 << 20;
@@ -72,20 +73,6 @@ afterEach(() => {
   hostFds.clear();
 });
 
-class FakeQueue implements QueueHandle {
-  readonly chains: DescriptorChain[] = [];
-  readonly used: { head: number; written: number }[] = [];
-  notifications = 0;
-  pop(): DescriptorChain | undefined {
-    return this.chains.shift();
-  }
-  addUsed(head: number, written: number): void {
-    this.used.push({ head, written });
-  }
-  notifyIfNeeded(): void {
-    this.notifications++;
-  }
-}
 
 interface Packet {
   header: VsockHeader;

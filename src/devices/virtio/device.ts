@@ -61,10 +61,17 @@ export interface ActivationContext {
  * guest when the ring's notification rules (EVENT_IDX or flags) ask for it.
  */
 export interface QueueHandle {
+  /** The ring size the driver chose (0 for a queue the driver left unset). */
+  readonly size: number;
   /** Next chain, or undefined when the available ring is empty. Throws VirtqueueError on a broken driver. */
   pop(): DescriptorChain | undefined;
   /** Return a chain; `written` = bytes the device wrote into its writable buffers. */
   addUsed(head: number, written: number): void;
+  /**
+   * Return several chains that the driver must see together (one packet over
+   * mergeable receive buffers): the used index moves once, after all of them.
+   */
+  addUsedBatch(entries: readonly { readonly head: number; readonly written: number }[]): void;
   /** Interrupt the guest if the driver wants to hear about the used buffers added since the last call. */
   notifyIfNeeded(): void;
 }

@@ -25,9 +25,13 @@ function post(message: FromIoWorker): void {
 }
 
 const EMPTY_QUEUE: QueueHandle = {
+  size: 0,
   pop: () => undefined,
   addUsed: () => {
     throw new RangeError("a device returned a chain to a queue the driver never set up");
+  },
+  addUsedBatch: () => {
+    throw new RangeError("a device returned chains to a queue the driver never set up");
   },
   notifyIfNeeded: () => {},
 };

@@ -57,11 +57,6 @@
  *   write errors only drop the packet (txDropped, lastBackendError): a tap
  *   the host has not brought up yet refuses writes with EIO.
  * - Before DRIVER_OK the tap is not polled: packets queue in the kernel.
- *
- * Known limit: QueueHandle publishes the used index per addUsed, so a driver
- * polling its used ring while Volt returns the chains of one merged packet can
- * see num_buffers before all of them; Volt fills all the chains first and
- * returns them back to back to keep that window small.
  */
 import { createHash } from "node:crypto";
 import { hostname } from "node:os";
@@ -442,11 +437,14 @@ export class VirtioNet implements VirtioDevice {
       used.push(at - start);
     }
     const queue = this.rxQueue!;
+    const entries: { head: number; written: number }[] = [];
     for (let i = 0; i < count; i++) {
       const chain = this.rxChains.shift()!;
       this.rxChainBytes -= chain.capacity;
-      queue.addUsed(chain.head, used[i]!);
+      entries.push({ head: chain.head, written: used[i]! });
     }
+    // One used-index move for the whole packet: the driver never sees num_buffers before all its buffers.
+    queue.addUsedBatch(entries);
     this.stats.rxPackets++;
     this.stats.rxBytes += length - VNET_HDR_SIZE;
     this.rxPending = 0;
@@ -635,10 +633,9 @@ export class VirtioNet implements VirtioDevice {
   }
 }
 
-/** The ring size, when the queue handle tells it (SplitQueue does); else the most a driver may choose. */
+/** The ring size the driver chose (never more than the device offered). */
 function queueSize(queue: QueueHandle): number {
-  const size = (queue as { readonly size?: unknown }).size;
-  return typeof size === "number" && Number.isInteger(size) && size > 0 ? Math.min(size, NET_QUEUE_SIZE) : NET_QUEUE_SIZE;
+  return queue.size > 0 ? Math.min(queue.size, NET_QUEUE_SIZE) : NET_QUEUE_SIZE;
 }
 
 function describeRevents(revents: number): string {

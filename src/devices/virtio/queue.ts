@@ -154,15 +154,24 @@ export class SplitQueue implements QueueHandle {
   }
 
   addUsed(head: number, written: number): void {
-    if (!Number.isInteger(head) || head < 0 || head >= this.size) throw new RangeError(`used head ${head} is not a descriptor index`);
-    if (!Number.isInteger(written) || written < 0 || written > U32_MAX) throw new RangeError(`used length ${written} is not a u32`);
-    const slot = this.nextUsed % this.size;
-    this.used32[1 + 2 * slot] = head;
-    this.used32[2 + 2 * slot] = written;
-    this.nextUsed = (this.nextUsed + 1) & 0xffff;
-    // The element stores above cannot pass this one (see the header).
+    this.addUsedBatch([{ head, written }]);
+  }
+
+  addUsedBatch(entries: readonly { readonly head: number; readonly written: number }[]): void {
+    if (entries.length > this.size) throw new RangeError(`${entries.length} used entries do not fit a ring of ${this.size}`);
+    for (const { head, written } of entries) {
+      if (!Number.isInteger(head) || head < 0 || head >= this.size) throw new RangeError(`used head ${head} is not a descriptor index`);
+      if (!Number.isInteger(written) || written < 0 || written > U32_MAX) throw new RangeError(`used length ${written} is not a u32`);
+    }
+    for (const { head, written } of entries) {
+      const slot = this.nextUsed % this.size;
+      this.used32[1 + 2 * slot] = head;
+      this.used32[2 + 2 * slot] = written;
+      this.nextUsed = (this.nextUsed + 1) & 0xffff;
+      this.unsignalled++;
+    }
+    // One index store for the whole batch; the element stores above cannot pass it (see the header).
     Atomics.store(this.used16, 1, this.nextUsed);
-    this.unsignalled++;
   }
 
   notifyIfNeeded(): void {

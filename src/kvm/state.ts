@@ -328,6 +328,11 @@ export function restoreVcpuState(vcpu: VcpuStateIoctls, state: VcpuState, option
   events.set("flags", events.get("flags") | KVM_VCPUEVENT_VALID_SIPI_VECTOR);
   const xsave = paddedXsave(state.xsave, options.xsaveSize ?? kvm_xsave.size);
   checkBlob("vCPU state lapic", state.lapic, kvm_lapic_state.size);
+  checkU32("vCPU state mpState", state.mpState);
+  checkList("vCPU state cpuid", state.cpuid, { function: "u32", index: "u32", flags: "u32", eax: "u32", ebx: "u32", ecx: "u32", edx: "u32" });
+  checkList("vCPU state xcrs", state.xcrs, { xcr: "u32", value: "u64" });
+  checkList("vCPU state msrs", state.msrs, { index: "u32", value: "u64" });
+  if (state.tscKhz !== null) checkU32("vCPU state tscKhz", state.tscKhz);
   const batches = msrRestoreBatches(state.msrs);
 
   if (state.tscKhz !== null) restoreTscKhz(vcpu, state.tscKhz);
@@ -466,6 +471,29 @@ export function restoreVmState(vm: VmStateIoctls, state: VmState, options: VmRes
 
 function checkVersion(what: string, version: number, expected: number): void {
   if (version !== expected) throw new KvmStateError(`${what} state version ${version} is not the version this Volt restores (${expected})`);
+}
+
+function checkU32(what: string, value: unknown): void {
+  if (typeof value !== "number" || !Number.isInteger(value) || value < 0 || value > 0xffff_ffff) throw new KvmStateError(`${what} must be a u32 number`);
+}
+
+/** Every element of `list` must have exactly the fields of `shape`: u32 numbers or u64 bigints. */
+function checkList(what: string, list: unknown, shape: Record<string, "u32" | "u64">): void {
+  if (!Array.isArray(list)) throw new KvmStateError(`${what} must be an array`);
+  const names = Object.keys(shape);
+  list.forEach((element: unknown, i) => {
+    if (typeof element !== "object" || element === null) throw new KvmStateError(`${what}[${i}] must be an object`);
+    const record = element as Record<string, unknown>;
+    for (const key of Object.keys(record)) if (!(key in shape)) throw new KvmStateError(`${what}[${i}] has an unknown field "${key}"`);
+    for (const name of names) {
+      const value = record[name];
+      if (shape[name] === "u64") {
+        if (typeof value !== "bigint" || value < 0n || value > 0xffff_ffff_ffff_ffffn) throw new KvmStateError(`${what}[${i}].${name} must be a 64-bit unsigned bigint`);
+      } else {
+        checkU32(`${what}[${i}].${name}`, value);
+      }
+    }
+  });
 }
 
 function checkBlob(what: string, bytes: unknown, size: number): asserts bytes is Uint8Array {

@@ -382,6 +382,12 @@ describe("vCPU state", () => {
       [{ ...state, regs: { ...state.regs, rip: 1 as unknown as bigint } }, "vCPU state regs.rip must be a 64-bit"],
       [{ ...state, lapic: new Uint8Array(10) }, "vCPU state lapic must be 1024 bytes"],
       [{ ...state, xsave: new Uint8Array(512) }, "vCPU state xsave must be at least 4096 bytes"],
+      [{ ...state, msrs: [{ index: 0x10, value: 5 as unknown as bigint }] }, "vCPU state msrs[0].value must be a 64-bit unsigned bigint"],
+      [{ ...state, msrs: [{ index: -1, value: 5n }] }, "vCPU state msrs[0].index must be a u32"],
+      [{ ...state, xcrs: [{ xcr: 0, value: 1n, extra: 1 } as XcrValue] }, 'vCPU state xcrs[0] has an unknown field "extra"'],
+      [{ ...state, cpuid: [{ ...CPUID[0]!, eax: undefined as unknown as number }] }, "vCPU state cpuid[0].eax must be a u32"],
+      [{ ...state, cpuid: null as unknown as CpuidEntry[] }, "vCPU state cpuid must be an array"],
+      [{ ...state, mpState: 1.5 }, "vCPU state mpState must be a u32"],
     ];
     for (const [bad, message] of cases) {
       const target = new FakeVcpu();

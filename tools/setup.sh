@@ -15,7 +15,7 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 # gcc + headers: the C shim and the ABI test; busybox-static + cpio: guest
 # initramfs; qemu-system-x86: the nested-KVM test harness and benchmarks;
 # e2fsprogs: ext4 root images.
-packages=(gcc libc6-dev linux-libc-dev busybox-static cpio qemu-system-x86 e2fsprogs acpica-tools ca-certificates)
+packages=(gcc libc6-dev linux-libc-dev busybox-static cpio qemu-system-x86 e2fsprogs acpica-tools iproute2 ca-certificates)
 missing=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)

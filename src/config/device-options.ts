@@ -1,14 +1,50 @@
 /**
- * `--drive path=IMAGE[,ro][,root][,id=SERIAL]`: a drive on the command line,
- * in the key=value style QEMU and Cloud Hypervisor users know. A path that
- * contains a comma needs the config file instead.
+ * Devices on the command line, in the key=value style QEMU and Cloud
+ * Hypervisor users know:
+ *   --drive path=IMAGE[,ro][,root][,id=SERIAL]
+ *   --net tap=NAME[,mac=52:54:00:12:34:56]
+ *   --vsock cid=N,uds=PATH
+ * A path that contains a comma needs the config file instead.
  */
 import type { VirtioDeviceSpec } from "../devices/virtio/factory.ts";
 
 export type DriveSpec = Extract<VirtioDeviceSpec, { kind: "block" }>;
+export type NetSpec = Extract<VirtioDeviceSpec, { kind: "net" }>;
+export type VsockSpec = Extract<VirtioDeviceSpec, { kind: "vsock" }>;
 
 export class DriveOptionError extends Error {
   override name = "DriveOptionError";
+}
+
+/** Splits "k=v,flag,k2=v2" into entries, refusing keys not in `known` (naming the option and the key). */
+function keyValues(option: string, text: string, known: readonly string[]): Map<string, string | undefined> {
+  const entries = new Map<string, string | undefined>();
+  for (const part of text.split(",")) {
+    const [key = "", ...rest] = part.split("=");
+    if (!known.includes(key)) throw new DriveOptionError(`--${option} '${text}': unknown key '${key}' (known: ${known.join(", ")})`);
+    entries.set(key, rest.length > 0 ? rest.join("=") : undefined);
+  }
+  return entries;
+}
+
+export function parseNetOption(text: string): NetSpec {
+  const entries = keyValues("net", text, ["tap", "mac"]);
+  const tap = entries.get("tap");
+  if (!tap) throw new DriveOptionError(`--net '${text}': tap=NAME is required`);
+  const mac = entries.get("mac");
+  if (entries.has("mac") && !mac) throw new DriveOptionError(`--net '${text}': mac= needs an address`);
+  return { kind: "net", tap, ...(mac ? { mac } : {}) };
+}
+
+export function parseVsockOption(text: string): VsockSpec {
+  const entries = keyValues("vsock", text, ["cid", "uds"]);
+  const cid = entries.get("cid");
+  const uds = entries.get("uds");
+  if (!cid || !/^\d+$/.test(cid) || Number(cid) < 3 || Number(cid) > 0xffff_fffe) {
+    throw new DriveOptionError(`--vsock '${text}': cid=N must be a whole number from 3 to 4294967294`);
+  }
+  if (!uds) throw new DriveOptionError(`--vsock '${text}': uds=PATH is required`);
+  return { kind: "vsock", guestCid: Number(cid), udsPath: uds };
 }
 
 export function parseDriveOption(text: string): DriveSpec {

@@ -54,6 +54,27 @@ export const VmFileSchema = v.strictObject(
       ),
     ),
     rng: v.optional(v.boolean("must be true or false")),
+    nets: v.optional(
+      v.array(
+        v.strictObject(
+          {
+            tap: v.pipe(v.string("must be a tap name"), v.nonEmpty("must not be empty"), v.maxLength(15, "must be at most 15 bytes")),
+            mac: v.optional(v.pipe(v.string("must be a MAC address"), v.regex(/^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$/, "must look like 52:54:00:12:34:56"))),
+          },
+          'must be an object like {"tap": "tap0"}',
+        ),
+        "must be a list of network interfaces",
+      ),
+    ),
+    vsock: v.optional(
+      v.strictObject(
+        {
+          guestCid: v.pipe(v.number("must be a number"), v.integer("must be a whole number"), v.minValue(3, "must be at least 3"), v.maxValue(0xffff_fffe, "must be at most 4294967294")),
+          udsPath: path,
+        },
+        'must be an object like {"guestCid": 3, "udsPath": "/tmp/vm.vsock"}',
+      ),
+    ),
   },
   "must be a JSON object",
 );
@@ -103,6 +124,7 @@ export function parseVmFile(file: string, json: unknown): VmFile {
   if (config.kernel !== undefined) config.kernel = anchored(config.kernel)!;
   if (config.initrd !== undefined) config.initrd = anchored(config.initrd)!;
   if (config.drives !== undefined) config.drives = config.drives.map((drive) => ({ ...drive, path: anchored(drive.path)! }));
+  if (config.vsock !== undefined) config.vsock = { ...config.vsock, udsPath: anchored(config.vsock.udsPath)! };
   return config;
 }
 
@@ -110,13 +132,19 @@ function describeIssue(issue: v.BaseIssue<unknown>): string {
   const where = fieldPath(issue.path);
   if (issue.kind === "schema" && issue.type === "strict_object" && issue.path?.length && issue.expected === "never") {
     // valibot reports an unknown key with that key as the last path item.
-    const known = issue.path.length === 1 ? Object.keys(VmFileSchema.entries) : ["path", "readOnly", "root", "id"];
+    const known = issue.path.length === 1 ? Object.keys(VmFileSchema.entries) : knownFieldsAt(String((issue.path[0] as { key: unknown }).key));
     return `${where}: unknown field (allowed: ${known.join(", ")})`;
   }
   if (issue.kind === "schema" && issue.type === "strict_object" && issue.path?.length && issue.received === "undefined") {
     return `${where}: is required`;
   }
   return where ? `${where}: ${issue.message}` : `the document ${issue.message}`;
+}
+
+function knownFieldsAt(section: string): string[] {
+  const entry = VmFileSchema.entries[section as keyof typeof VmFileSchema.entries] as unknown as { wrapped?: { item?: { entries?: object }; entries?: object } };
+  const inner = entry.wrapped?.item?.entries ?? entry.wrapped?.entries ?? {};
+  return Object.keys(inner);
 }
 
 function fieldPath(path: v.BaseIssue<unknown>["path"]): string {

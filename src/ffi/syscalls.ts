@@ -23,6 +23,7 @@ export const SYSCALL_NUMBERS = {
   ppoll: 271,
   fallocate: 285,
   eventfd2: 290,
+  fcntl: 72,
   memfd_create: 319,
 } as const;
 
@@ -38,6 +39,7 @@ export const O_CLOEXEC = 0x80000;
 export const EFD_CLOEXEC = 0x80000;
 export const EFD_NONBLOCK = 0x800;
 export const POLLIN = 0x1;
+export const F_DUPFD_CLOEXEC = 1030;
 const AT_FDCWD = -100;
 
 function check(call: string, result: number, context?: string): number {
@@ -160,4 +162,9 @@ export function pollReadable(fds: readonly number[], timeoutMs: number): boolean
     fds.map((fd) => ({ fd, events: POLLIN })),
     timeoutMs,
   ).map((revents) => (revents & POLLIN) !== 0);
+}
+
+/** A second descriptor for the same open file (close-on-exec), so two owners can each close their own. */
+export function duplicateFd(fd: number): number {
+  return check("fcntl", rawSyscall(SYSCALL_NUMBERS.fcntl, fd, F_DUPFD_CLOEXEC, 0), "F_DUPFD_CLOEXEC");
 }

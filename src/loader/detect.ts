@@ -28,3 +28,16 @@ export function loadKernel(memory: GuestMemoryView, bytes: Uint8Array): KernelIm
 export function kernelCompression(image: KernelImage): KernelCompression {
   return image.format === "elf" ? "none" : image.payload.compression;
 }
+
+const ACPI_RSDP_SIGNATURE = new TextEncoder().encode("RSD PTR ");
+
+/**
+ * Whether a kernel was built with ACPI, judged by the RSDP signature its ACPI
+ * code searches for. It is found in a vmlinux's data and, for a bzImage, in
+ * the uncompressed decompressor (which looks for the RSDP itself); the
+ * compressed payload is noise that will not contain it by chance. Volt uses
+ * this to announce virtio devices through ACPI only to kernels that read it.
+ */
+export function kernelSupportsAcpi(bytes: Uint8Array): boolean {
+  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).indexOf(ACPI_RSDP_SIGNATURE) >= 0;
+}

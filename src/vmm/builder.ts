@@ -8,7 +8,7 @@ import { readFileSync, statSync } from "node:fs";
 import { totalmem } from "node:os";
 import { writeBootParams } from "../arch/x86_64/boot-params.ts";
 import { BOOT_FPU, BOOT_MSRS, lapicWithLegacyLints, vcpuCpuid } from "../arch/x86_64/cpu-setup.ts";
-import { CMDLINE_ADDRESS, KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS, MiB } from "../arch/x86_64/layout.ts";
+import { ACPI_POWER_PORT_BASE, CMDLINE_ADDRESS, KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS, MiB, VIRTIO_MMIO_DEVICE_SIZE } from "../arch/x86_64/layout.ts";
 import { e820Entries, guestRamRegions, lowRamEnd } from "../arch/x86_64/memory-map.ts";
 import { writeMpTable } from "../arch/x86_64/mptable.ts";
 import { writePvhStartInfo } from "../arch/x86_64/pvh.ts";
@@ -18,7 +18,9 @@ import { Kvm } from "../kvm/system.ts";
 import { mapRunPage, unmapRunPage, Vcpu, type VcpuHandle } from "../kvm/vcpu.ts";
 import type { Vm } from "../kvm/vm.ts";
 import { CmdlineError, KernelCmdline, writeCmdline } from "../loader/cmdline.ts";
-import { inspectKernel, loadKernel, type KernelImage } from "../loader/detect.ts";
+import { inspectKernel, kernelSupportsAcpi, loadKernel, type KernelImage } from "../loader/detect.ts";
+import { writeAcpiTables } from "../arch/x86_64/acpi/machine.ts";
+import { ACPI_RESET_OFFSET, ACPI_RESET_VALUE, ACPI_SLEEP_CONTROL_OFFSET, ACPI_SLEEP_STATUS_OFFSET } from "../devices/acpi/power.ts";
 import { KernelFormatError } from "../loader/errors.ts";
 import { loadInitrd } from "../loader/initrd.ts";
 import { GuestMemory } from "../memory/guest-memory.ts";
@@ -34,6 +36,8 @@ export interface BuiltVm {
   readonly vcpus: readonly VcpuHandle[];
   readonly kernel: { readonly format: KernelImage["format"]; readonly protocol: BootProtocol };
   readonly cmdline: string;
+  /** Devices announced through ACPI (the kernel has it) rather than the command line. */
+  readonly acpi: boolean;
   readonly config: VmConfig;
   readonly virtio: VirtioShared;
   /** Releases every kernel object and mapping (idempotent). */
@@ -46,6 +50,8 @@ interface Inputs {
   readonly initrdBytes?: Uint8Array;
   readonly memoryBytes: number;
   readonly virtioDevices: readonly CheckedVirtioDevice[];
+  /** The kernel reads ACPI tables (so devices are announced there, not on the command line). */
+  readonly acpi: boolean;
 }
 
 function readInput(kind: "kernel" | "initrd", path: string): Uint8Array {
@@ -85,7 +91,7 @@ export function validateInputs(config: VmConfig): Inputs {
   }
   const initrdBytes = config.initrdPath === undefined ? undefined : readInput("initrd", config.initrdPath);
   const virtioDevices = checkVirtioDevices(config.virtioDevices ?? []);
-  return { kernelBytes, kernel, memoryBytes, virtioDevices, ...(initrdBytes ? { initrdBytes } : {}) };
+  return { kernelBytes, kernel, memoryBytes, virtioDevices, acpi: kernelSupportsAcpi(kernelBytes), ...(initrdBytes ? { initrdBytes } : {}) };
 }
 
 function buildCmdline(config: VmConfig, inputs: Inputs): KernelCmdline {
@@ -94,7 +100,7 @@ function buildCmdline(config: VmConfig, inputs: Inputs): KernelCmdline {
     // Device parameters before the user's, so a user's root= or ro/rw still has the last word.
     return new KernelCmdline(limit)
       .appendRaw(DEFAULT_CMDLINE)
-      .appendRaw(virtioKernelParameters(inputs.virtioDevices).join(" "))
+      .appendRaw(virtioKernelParameters(inputs.virtioDevices, { announceOnCmdline: !inputs.acpi }).join(" "))
       .appendRaw(config.cmdline ?? "");
   } catch (error) {
     if (error instanceof CmdlineError) throw new VmBuildError("cmdline", error.message, { cause: error });
@@ -104,10 +110,19 @@ function buildCmdline(config: VmConfig, inputs: Inputs): KernelCmdline {
 
 export function buildForBoot(config: VmConfig): BuiltVm {
   const inputs = validateInputs(config);
-  const cmdline = buildCmdline(config, inputs);
-
-  const kvm = Kvm.open(config.kvmPath);
-  const cleanups: (() => void)[] = [() => kvm.close()];
+  const releaseBackends = () => {
+    for (const device of inputs.virtioDevices) device.release?.();
+  };
+  let cmdline: KernelCmdline;
+  let kvm: Kvm;
+  try {
+    cmdline = buildCmdline(config, inputs);
+    kvm = Kvm.open(config.kvmPath);
+  } catch (error) {
+    releaseBackends();
+    throw error;
+  }
+  const cleanups: (() => void)[] = [releaseBackends, () => kvm.close()];
   const dispose = () => {
     for (const cleanup of cleanups.splice(0).reverse()) {
       try {
@@ -147,17 +162,30 @@ export function buildForBoot(config: VmConfig): BuiltVm {
         })
       : undefined;
 
+    // Written for every kernel: one without ACPI never looks at them.
+    const { rsdpAddress } = writeAcpiTables(memory, {
+      vcpus: config.vcpus,
+      virtioDevices: virtio.slots.map((slot) => ({ address: slot.mmioBase, size: VIRTIO_MMIO_DEVICE_SIZE, irq: slot.irq })),
+      power: {
+        sleepControlPort: ACPI_POWER_PORT_BASE + ACPI_SLEEP_CONTROL_OFFSET,
+        sleepStatusPort: ACPI_POWER_PORT_BASE + ACPI_SLEEP_STATUS_OFFSET,
+        resetPort: ACPI_POWER_PORT_BASE + ACPI_RESET_OFFSET,
+        resetValue: ACPI_RESET_VALUE,
+      },
+    });
+
     // PVH enters a vmlinux in 32-bit mode and needs no page tables of ours; bzImages use the 64-bit protocol.
     const protocol: BootProtocol = kernel.format === "elf" && kernel.pvhEntry !== undefined ? "pvh" : "linux64";
     const entry = protocol === "pvh" && kernel.format === "elf" ? kernel.pvhEntry! : kernel.entry64;
     if (protocol === "pvh") {
-      writePvhStartInfo(memory, { cmdlineAddress: commandLine.address, memoryMap: e820, ...(initrd ? { modules: [initrd] } : {}) });
+      writePvhStartInfo(memory, { cmdlineAddress: commandLine.address, memoryMap: e820, rsdpAddress, ...(initrd ? { modules: [initrd] } : {}) });
     } else {
       writeBootParams(memory, {
         ...(kernel.format === "bzimage" ? { setupHeader: kernel.setupHeader } : {}),
         cmdline: commandLine,
         ...(initrd ? { initrd } : {}),
         e820,
+        rsdpAddress,
       });
     }
     writeMpTable(memory, config.vcpus);
@@ -185,7 +213,7 @@ export function buildForBoot(config: VmConfig): BuiltVm {
         vcpu.updateRegs(bootState.regs);
       }
     }
-    return { kvm, vm, memory, vcpus, kernel: { format: kernel.format, protocol }, cmdline: cmdline.toString(), config, virtio, dispose };
+    return { kvm, vm, memory, vcpus, kernel: { format: kernel.format, protocol }, cmdline: cmdline.toString(), acpi: inputs.acpi, config, virtio, dispose };
   } catch (error) {
     dispose();
     throw error;

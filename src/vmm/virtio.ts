@@ -7,6 +7,8 @@
  */
 import { IOAPIC_PINS, VIRTIO_MMIO_BASE, VIRTIO_MMIO_DEVICE_SIZE, VIRTIO_MMIO_WINDOW_SIZE } from "../arch/x86_64/layout.ts";
 import { createVirtioDevice, describeVirtioDevice, type VirtioDeviceSpec } from "../devices/virtio/factory.ts";
+import { VirtioNet } from "../devices/virtio/net.ts";
+import { TapDevice } from "../devices/virtio/tap.ts";
 import type { VirtioShared, VirtioSlot } from "../devices/virtio/io-thread.ts";
 import { QUEUE_NOTIFY_OFFSET, createVirtioMmioState } from "../devices/virtio/mmio.ts";
 import { close, eventfd } from "../ffi/syscalls.ts";
@@ -24,6 +26,8 @@ export interface CheckedVirtioDevice {
   readonly queueMaxSizes: readonly number[];
   readonly features: bigint;
   readonly config: Uint8Array;
+  /** Closes a backend the VMM thread keeps open for the VM's life (a tap); absent when nothing is kept. */
+  readonly release?: () => void;
 }
 
 /**
@@ -38,24 +42,44 @@ export function checkVirtioDevices(specs: readonly VirtioDeviceSpec[]): CheckedV
   const roots = specs.filter((spec) => spec.kind === "block" && spec.root);
   if (roots.length > 1) throw new VmBuildError("devices", `only one drive can be the root drive (got ${roots.length})`);
   const ordered = [...roots, ...specs.filter((spec) => !roots.includes(spec))];
-  return ordered.map((spec) => {
-    let device;
-    try {
-      device = createVirtioDevice(spec);
-    } catch (error) {
-      throw new VmBuildError("devices", `${describeVirtioDevice(spec)}: ${(error as Error).message}`, { cause: error });
-    }
-    try {
-      return { spec, deviceType: device.deviceType, queueMaxSizes: [...device.queueMaxSizes], features: device.features, config: device.config.slice() };
-    } finally {
-      device.close?.();
-    }
-  });
+  const checked: CheckedVirtioDevice[] = [];
+  try {
+    for (const spec of ordered) checked.push(checkOne(spec));
+  } catch (error) {
+    for (const device of checked) device.release?.();
+    throw error;
+  }
+  return checked;
 }
 
-/** Kernel parameters for the devices: their addresses and IRQs, and the root drive if there is one. */
-export function virtioKernelParameters(devices: readonly CheckedVirtioDevice[]): string[] {
-  const params = devices.map((_, index) => `virtio_mmio.device=4K@0x${slotAddress(index).toString(16)}:${FIRST_VIRTIO_IRQ + index}`);
+function checkOne(spec: VirtioDeviceSpec): CheckedVirtioDevice {
+  let device;
+  try {
+    device = createVirtioDevice(spec);
+  } catch (error) {
+    throw new VmBuildError("devices", `${describeVirtioDevice(spec)}: ${(error as Error).message}`, { cause: error });
+  }
+  const shape = { deviceType: device.deviceType, queueMaxSizes: [...device.queueMaxSizes], features: device.features, config: device.config.slice() };
+  if (device instanceof VirtioNet && spec.kind === "net") {
+    // Keep the tap open for the VM's life: closing it would destroy a tap Volt created, and the worker gets its own descriptor.
+    const backend = device.backend;
+    const created = backend instanceof TapDevice ? backend.created : false;
+    const opened = { fd: backend.fd, offloadCapabilities: backend.offloadCapabilities, created };
+    return { spec: { ...spec, opened }, ...shape, release: () => device.close() };
+  }
+  device.close?.();
+  return { spec, ...shape };
+}
+
+/**
+ * Kernel parameters for the devices: the root drive if there is one, and,
+ * for kernels that will not read the ACPI tables, each device's address and
+ * IRQ (a kernel told both ways would register every device twice).
+ */
+export function virtioKernelParameters(devices: readonly CheckedVirtioDevice[], options: { announceOnCmdline: boolean }): string[] {
+  const params = options.announceOnCmdline
+    ? devices.map((_, index) => `virtio_mmio.device=4K@0x${slotAddress(index).toString(16)}:${FIRST_VIRTIO_IRQ + index}`)
+    : [];
   const root = devices[0]?.spec;
   if (root?.kind === "block" && root.root) params.push("root=/dev/vda", root.readOnly ? "ro" : "rw");
   return params;

@@ -66,6 +66,10 @@ describe("volt run rejects bad input with exit 2 before creating a VM", () => {
       ["--kernel", kernel, "--drive", `path=${file("a.img", new Uint8Array(512))},root`, "--drive", `path=${file("b.img", new Uint8Array(512))},root`],
       "only one drive can be the root drive",
     ],
+    ["a tap name that is too long", ["--kernel", kernel, "--net", "tap=averyveryverylongname"], "tap averyveryverylongname"],
+    ["two --vsock devices", ["--kernel", kernel, "--vsock", "cid=3,uds=/tmp/a", "--vsock", "cid=4,uds=/tmp/b"], "--vsock can be given once"],
+    ["a vsock socket path in a missing directory", ["--kernel", kernel, "--vsock", "cid=3,uds=/no/such/dir/v.sock"], "/no/such/dir/v.sock"],
+    ["a config vsock with a bad CID", ["--config", file("vsock.json", '{"kernel": "bzImage", "vsock": {"guestCid": 1, "udsPath": "v.sock"}}')], "vsock.guestCid: must be at least 3"],
     ["a config drive without a path", ["--config", file("drive.json", '{"kernel": "bzImage", "drives": [{"readOnly": true}]}')], "drives[0].path: is required"],
     ["a config drive with an unknown field", ["--config", file("drive2.json", '{"kernel": "bzImage", "drives": [{"path": "a.img", "ro": true}]}')], "drives[0].ro: unknown field"],
   ])("%s", (_, args, message) => {

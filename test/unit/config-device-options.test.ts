@@ -1,5 +1,5 @@
 import { describe, expect, test } from "bun:test";
-import { DriveOptionError, parseDriveOption, repeatedOption } from "../../src/config/drive-option.ts";
+import { DriveOptionError, parseDriveOption, parseNetOption, parseVsockOption, repeatedOption } from "../../src/config/device-options.ts";
 
 describe("--drive", () => {
   test("path alone is a writable, non-root drive", () => {
@@ -27,5 +27,27 @@ describe("--drive", () => {
     expect(repeatedOption(["--drive", "path=a", "--mem", "64", "--drive=path=b", "--", "--drive", "c"], "drive")).toEqual(["path=a", "path=b"]);
     expect(() => repeatedOption(["--drive"], "drive")).toThrow("--drive needs a value");
     expect(() => repeatedOption(["--drive", "--rng"], "drive")).toThrow("--drive needs a value");
+  });
+});
+
+describe("--net and --vsock", () => {
+  test("tap alone, or tap and mac", () => {
+    expect(parseNetOption("tap=tap0")).toEqual({ kind: "net", tap: "tap0" });
+    expect(parseNetOption("mac=52:54:00:00:00:01,tap=vtap1")).toEqual({ kind: "net", tap: "vtap1", mac: "52:54:00:00:00:01" });
+  });
+
+  test("vsock takes a guest CID of 3 or more and a socket path", () => {
+    expect(parseVsockOption("cid=3,uds=/tmp/v.sock")).toEqual({ kind: "vsock", guestCid: 3, udsPath: "/tmp/v.sock" });
+  });
+
+  test.each([
+    [() => parseNetOption("mac=52:54:00:00:00:01"), "tap=NAME is required"],
+    [() => parseNetOption("tap=t0,mac="), "mac= needs an address"],
+    [() => parseNetOption("tap=t0,queues=2"), "unknown key 'queues' (known: tap, mac)"],
+    [() => parseVsockOption("cid=2,uds=/x"), "cid=N must be a whole number from 3"],
+    [() => parseVsockOption("cid=three,uds=/x"), "cid=N must be a whole number from 3"],
+    [() => parseVsockOption("cid=3"), "uds=PATH is required"],
+  ])("refused: %#", (parse, message) => {
+    expect(parse).toThrow(message);
   });
 });

@@ -1,5 +1,6 @@
 import { describe, expect, test } from "bun:test";
-import { ACPI_RESET_OFFSET, ACPI_RESET_VALUE, ACPI_SLEEP_CONTROL_OFFSET, ACPI_SLEEP_STATUS_OFFSET, AcpiPower } from "../../src/devices/acpi/power.ts";
+import { ACPI_S5_SLEEP_TYPE as TABLES_S5_SLEEP_TYPE } from "../../src/arch/x86_64/acpi/machine.ts";
+import { ACPI_S5_SLEEP_TYPE, ACPI_RESET_OFFSET, ACPI_RESET_VALUE, ACPI_SLEEP_CONTROL_OFFSET, ACPI_SLEEP_STATUS_OFFSET, AcpiPower } from "../../src/devices/acpi/power.ts";
 
 function device() {
   const events = { powerOff: 0, reset: 0 };
@@ -8,6 +9,10 @@ function device() {
 }
 
 describe("ACPI power registers", () => {
+  test("recognise the S5 sleep type the DSDT's \\_S5 announces", () => {
+    expect(ACPI_S5_SLEEP_TYPE).toBe(TABLES_S5_SLEEP_TYPE);
+  });
+
   test("S5 with SLP_EN (what Linux writes for power-off: (5 << 2) | 0x20) powers off", () => {
     const { power, events } = device();
     power.write(ACPI_SLEEP_CONTROL_OFFSET, Uint8Array.of((5 << 2) | 0x20));

@@ -60,6 +60,7 @@ const constants: Record<string, number> = {
   EFD_CLOEXEC: sys.EFD_CLOEXEC,
   EFD_NONBLOCK: sys.EFD_NONBLOCK,
   POLLIN: sys.POLLIN,
+  F_DUPFD_CLOEXEC: sys.F_DUPFD_CLOEXEC,
   POLLOUT: sys.POLLOUT,
   POLLERR: sys.POLLERR,
   POLLHUP: sys.POLLHUP,

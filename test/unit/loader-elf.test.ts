@@ -1,6 +1,7 @@
 import { afterAll, describe, expect, test } from "bun:test";
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
+import { kernelSupportsAcpi } from "../../src/loader/detect.ts";
 import { loadElfKernel, parseElfKernel, XEN_ELFNOTE_PHYS32_ENTRY } from "../../src/loader/elf.ts";
 import { KernelFormatError } from "../../src/loader/errors.ts";
 import { GuestMemory } from "../../src/memory/guest-memory.ts";
@@ -117,5 +118,15 @@ describe("ELF vmlinux loader on the real microVM kernel", () => {
     } finally {
       memory.dispose();
     }
+  });
+});
+
+describe("kernelSupportsAcpi", () => {
+  test("true when the RSDP signature is in the image, false otherwise", () => {
+    const image = new Uint8Array(4096);
+    expect(kernelSupportsAcpi(image)).toBe(false);
+    image.set(new TextEncoder().encode("RSD PTR "), 1234);
+    expect(kernelSupportsAcpi(image)).toBe(true);
+    expect(kernelSupportsAcpi(image.subarray(1235))).toBe(false);
   });
 });

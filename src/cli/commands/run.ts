@@ -1,5 +1,5 @@
 import { defineCommand } from "citty";
-import { DriveOptionError, parseDriveOption, repeatedOption } from "../../config/drive-option.ts";
+import { DriveOptionError, parseDriveOption, parseNetOption, parseVsockOption, repeatedOption } from "../../config/device-options.ts";
 import { ConfigFileError, loadVmFile, type VmFile } from "../../config/vm-file.ts";
 import type { VirtioDeviceSpec } from "../../devices/virtio/factory.ts";
 import { kvmBackendWarning } from "../../diagnostics/host.ts";
@@ -25,6 +25,16 @@ const args = {
     valueHint: "spec",
   },
   rng: { type: "boolean", description: "Add a virtio-rng device (the guest's /dev/hwrng, fed from the host's CSPRNG)" },
+  net: {
+    type: "string",
+    description: "Add a virtio-net interface on a TAP device (repeatable): tap=NAME[,mac=52:54:00:12:34:56]; Volt creates the tap if it may",
+    valueHint: "spec",
+  },
+  vsock: {
+    type: "string",
+    description: "Add virtio-vsock: cid=N,uds=PATH; host programs connect to PATH and send 'CONNECT <port>', guest connections to port P reach PATH_P",
+    valueHint: "spec",
+  },
   "boot-timer": { type: "boolean", description: "Map the boot-timer device; the outcome reports bootTimeMs when the guest writes it" },
   "on-reboot": { type: "string", description: "What a guest reboot does: exit (default) or restart the VM from its kernel", valueHint: "exit|restart" },
   json: { type: "boolean", description: "Console to stderr; one JSON document with the outcome to stdout", default: false },
@@ -38,9 +48,11 @@ export const runCommand = defineCommand({
       "Examples:\n  volt run --kernel vmlinux --initrd initrd.cpio.gz\n" +
       "  volt run --kernel bzImage --initrd initrd.img --mem 512 --vcpus 2 --cmdline 'quiet'\n" +
       "  volt run --config vm.json --vcpus 4      (the flag overrides the file)\n\n" +
-      "  volt run --kernel vmlinux --drive path=rootfs.ext4,root --drive path=data.img,ro,id=data --rng\n\n" +
-      "Config file fields: kernel, initrd, cmdline, memMiB, vcpus, bootTimer, onReboot, rng, and drives, a list of\n" +
-      "{path, readOnly, root, id} (relative paths are relative to the file).\n\n" +
+      "  volt run --kernel vmlinux --drive path=rootfs.ext4,root --drive path=data.img,ro,id=data --rng\n" +
+      "  volt run --kernel vmlinux --initrd initrd.img --net tap=tap0 --vsock cid=3,uds=/tmp/vm.vsock\n\n" +
+      "Config file fields: kernel, initrd, cmdline, memMiB, vcpus, bootTimer, onReboot, rng, drives (a list of\n" +
+      "{path, readOnly, root, id}), nets (a list of {tap, mac}), vsock ({guestCid, udsPath}); relative paths are\n" +
+      "relative to the file.\n\n" +
       "Exit status: 0 guest powered off or rebooted, 2 bad input (no VM created), 3 no usable KVM,\n" +
       "5 guest kernel panic, 6 VM failure, 130/143 stopped by SIGINT/SIGTERM.",
   },
@@ -77,6 +89,7 @@ export const runCommand = defineCommand({
             exitCode,
             kernel: built.kernel,
             cmdline: built.cmdline,
+            acpi: built.acpi,
             restarts,
             ...(outcome.deviceStats ? { devices: outcome.deviceStats } : {}),
             ...(outcome.deviceErrors ? { deviceErrors: outcome.deviceErrors } : {}),
@@ -120,8 +133,14 @@ function resolveConfig(parsed: ParsedArgs, rawArgs: readonly string[]): { config
   }
   const onReboot = (onRebootFlag as "exit" | "restart" | undefined) ?? file.onReboot ?? "exit";
   let driveFlags: VirtioDeviceSpec[];
+  let netFlags: VirtioDeviceSpec[];
+  let vsockFlag: VirtioDeviceSpec | undefined;
   try {
     driveFlags = repeatedOption(rawArgs, "drive").map(parseDriveOption);
+    netFlags = repeatedOption(rawArgs, "net").map(parseNetOption);
+    const vsocks = repeatedOption(rawArgs, "vsock").map(parseVsockOption);
+    if (vsocks.length > 1) throw new DriveOptionError("--vsock can be given once (a VM has one vsock device)");
+    vsockFlag = vsocks[0];
   } catch (error) {
     if (error instanceof DriveOptionError) throw usageError(error.message);
     throw error;
@@ -135,7 +154,17 @@ function resolveConfig(parsed: ParsedArgs, rawArgs: readonly string[]): { config
     ...(drive.id !== undefined ? { id: drive.id } : {}),
   }));
   const rng = typeof parsed.rng === "boolean" ? parsed.rng : (file.rng ?? false);
-  const virtioDevices: VirtioDeviceSpec[] = [...fileDrives, ...driveFlags, ...(rng ? [{ kind: "rng" } as const] : [])];
+  const fileNets: VirtioDeviceSpec[] = (file.nets ?? []).map((net) => ({ kind: "net", tap: net.tap, ...(net.mac !== undefined ? { mac: net.mac } : {}) }));
+  const fileVsock: VirtioDeviceSpec | undefined = file.vsock ? { kind: "vsock", guestCid: file.vsock.guestCid, udsPath: file.vsock.udsPath } : undefined;
+  const vsock = vsockFlag ?? fileVsock;
+  const virtioDevices: VirtioDeviceSpec[] = [
+    ...fileDrives,
+    ...driveFlags,
+    ...fileNets,
+    ...netFlags,
+    ...(vsock ? [vsock] : []),
+    ...(rng ? [{ kind: "rng" } as const] : []),
+  ];
   return {
     config: { kernelPath, memoryMiB, vcpus, bootTimer, virtioDevices, ...(initrdPath !== undefined ? { initrdPath } : {}), ...(cmdline !== undefined ? { cmdline } : {}) },
     onReboot,

@@ -5,7 +5,11 @@
  */
 import { VirtioBlock } from "./block.ts";
 import type { VirtioDevice } from "./device.ts";
+import { duplicateFd } from "../../ffi/syscalls.ts";
+import { VirtioNet } from "./net.ts";
 import { VirtioRng } from "./rng.ts";
+import { TapDevice } from "./tap.ts";
+import { VirtioVsock } from "./vsock.ts";
 
 export type VirtioDeviceSpec =
   | {
@@ -17,7 +21,21 @@ export type VirtioDeviceSpec =
       /** Boot from this drive: root=/dev/vdX. */
       readonly root?: boolean;
     }
-  | { readonly kind: "rng" };
+  | { readonly kind: "rng" }
+  | {
+      readonly kind: "net";
+      /** An existing tap, or one Volt creates (needs CAP_NET_ADMIN). */
+      readonly tap: string;
+      readonly mac?: string;
+      /** Set by the VMM thread, which opens the tap once (re-opening would destroy a tap Volt created). */
+      readonly opened?: { readonly fd: number; readonly offloadCapabilities: number; readonly created: boolean };
+    }
+  | {
+      readonly kind: "vsock";
+      readonly guestCid: number;
+      /** Host programs connect here; guest connections to port P go to `${udsPath}_${P}`. */
+      readonly udsPath: string;
+    };
 
 export interface LiveVirtioDevice extends VirtioDevice {
   readonly stats: object;
@@ -31,9 +49,26 @@ export function createVirtioDevice(spec: VirtioDeviceSpec): LiveVirtioDevice {
       return VirtioBlock.open({ path: spec.path, readOnly: spec.readOnly, ...(spec.id !== undefined ? { id: spec.id } : {}) });
     case "rng":
       return new VirtioRng();
+    case "net": {
+      if (!spec.opened) return VirtioNet.open({ tap: spec.tap, ...(spec.mac !== undefined ? { mac: spec.mac } : {}) });
+      // The worker's own descriptor for the tap the VMM thread opened: each side closes its own.
+      const tap = new TapDevice(duplicateFd(spec.opened.fd), spec.tap, { offloadCapabilities: spec.opened.offloadCapabilities, created: spec.opened.created });
+      return new VirtioNet(tap, spec.mac !== undefined ? { mac: spec.mac } : {});
+    }
+    case "vsock":
+      return VirtioVsock.open({ guestCid: spec.guestCid, udsPath: spec.udsPath });
   }
 }
 
 export function describeVirtioDevice(spec: VirtioDeviceSpec): string {
-  return spec.kind === "block" ? `virtio-blk ${spec.path}${spec.readOnly ? " (read-only)" : ""}` : "virtio-rng";
+  switch (spec.kind) {
+    case "block":
+      return `virtio-blk ${spec.path}${spec.readOnly ? " (read-only)" : ""}`;
+    case "rng":
+      return "virtio-rng";
+    case "net":
+      return `virtio-net tap ${spec.tap}`;
+    case "vsock":
+      return `virtio-vsock cid ${spec.guestCid} at ${spec.udsPath}`;
+  }
 }

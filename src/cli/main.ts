@@ -4,6 +4,7 @@ import { defineCommand, runMain } from "citty";
 import pkg from "../../package.json" with { type: "json" };
 import { kvmCheckCommand } from "./commands/kvm-check.ts";
 import { runCommand } from "./commands/run.ts";
+import { snapshotCommand } from "./commands/snapshot.ts";
 
 export const mainCommand = defineCommand({
   meta: {
@@ -13,6 +14,7 @@ export const mainCommand = defineCommand({
   },
   subCommands: {
     run: runCommand,
+    snapshot: snapshotCommand,
     "kvm-check": kvmCheckCommand,
   },
 });

@@ -108,48 +108,72 @@ function buildCmdline(config: VmConfig, inputs: Inputs): KernelCmdline {
   }
 }
 
-export function buildForBoot(config: VmConfig): BuiltVm {
-  const inputs = validateInputs(config);
-  const releaseBackends = () => {
-    for (const device of inputs.virtioDevices) device.release?.();
-  };
-  let cmdline: KernelCmdline;
-  let kvm: Kvm;
-  try {
-    cmdline = buildCmdline(config, inputs);
-    kvm = Kvm.open(config.kvmPath);
-  } catch (error) {
-    releaseBackends();
-    throw error;
+/** What a VM build has taken, released newest first by `dispose` (idempotent; best effort). */
+export class Cleanups {
+  private readonly steps: (() => void)[] = [];
+
+  push(step: () => void): void {
+    this.steps.push(step);
   }
-  const cleanups: (() => void)[] = [releaseBackends, () => kvm.close()];
-  const dispose = () => {
-    for (const cleanup of cleanups.splice(0).reverse()) {
+
+  readonly dispose = (): void => {
+    for (const step of this.steps.splice(0).reverse()) {
       try {
-        cleanup();
+        step();
       } catch {
         // Best effort: the process is about to drop these anyway.
       }
     }
   };
+}
+
+/** A VM with Volt's fixed machine parts: the TSS/identity pages, in-kernel irqchip and PIT. */
+export function createMachineVm(kvm: Kvm, cleanups: Cleanups): Vm {
+  kvm.requireCapabilities();
+  const vm = kvm.createVm();
+  cleanups.push(() => vm.close());
+  // Intel VMX needs these pages for real-mode emulation; they sit in the MMIO gap, never in RAM.
+  vm.setTssAddress(KVM_TSS_ADDRESS);
+  vm.setIdentityMapAddress(KVM_IDENTITY_MAP_ADDRESS);
+  vm.createIrqchip();
+  vm.createPit();
+  return vm;
+}
+
+export function registerGuestMemory(vm: Vm, memory: GuestMemory, cleanups: Cleanups): void {
+  cleanups.push(() => memory.dispose());
+  memory.regions.forEach((region, slot) =>
+    vm.setUserMemoryRegion({ slot, guestAddress: region.guestAddress, size: region.size, hostAddress: region.hostAddress }),
+  );
+}
+
+export function createVcpuHandle(vm: Vm, id: number, cleanups: Cleanups): VcpuHandle {
+  const fd = vm.createVcpu(id);
+  const handle: VcpuHandle = { id, fd, runAddress: mapRunPage(fd, vm.vcpuMmapSize), runSize: vm.vcpuMmapSize };
+  cleanups.push(() => {
+    unmapRunPage(handle);
+    close(fd);
+  });
+  return handle;
+}
+
+export function buildForBoot(config: VmConfig): BuiltVm {
+  const inputs = validateInputs(config);
+  const cleanups = new Cleanups();
+  cleanups.push(() => {
+    for (const device of inputs.virtioDevices) device.release?.();
+  });
   try {
-    kvm.requireCapabilities();
-    const vm = kvm.createVm();
-    cleanups.push(() => vm.close());
-    // Intel VMX needs these pages for real-mode emulation; they sit in the MMIO gap, never in RAM.
-    vm.setTssAddress(KVM_TSS_ADDRESS);
-    vm.setIdentityMapAddress(KVM_IDENTITY_MAP_ADDRESS);
-    vm.createIrqchip();
-    vm.createPit();
+    const cmdline = buildCmdline(config, inputs);
+    const kvm = Kvm.open(config.kvmPath);
+    cleanups.push(() => kvm.close());
+    const vm = createMachineVm(kvm, cleanups);
     // irqfds need the irqchip to exist.
     const virtio = attachVirtioDevices(vm, inputs.virtioDevices);
     cleanups.push(() => closeVirtioEventFds(virtio));
 
     const memory = GuestMemory.create(guestRamRegions(inputs.memoryBytes));
-    cleanups.push(() => memory.dispose());
-    memory.regions.forEach((region, slot) =>
-      vm.setUserMemoryRegion({ slot, guestAddress: region.guestAddress, size: region.size, hostAddress: region.hostAddress }),
-    );
+    registerGuestMemory(vm, memory, cleanups);
 
     const kernel = loadKernel(memory, inputs.kernelBytes);
     const commandLine = writeCmdline(memory, cmdline, CMDLINE_ADDRESS);
@@ -194,12 +218,7 @@ export function buildForBoot(config: VmConfig): BuiltVm {
     const supportedCpuid = kvm.supportedCpuid();
     const vcpus: VcpuHandle[] = [];
     for (let id = 0; id < config.vcpus; id++) {
-      const fd = vm.createVcpu(id);
-      const handle: VcpuHandle = { id, fd, runAddress: mapRunPage(fd, vm.vcpuMmapSize), runSize: vm.vcpuMmapSize };
-      cleanups.push(() => {
-        unmapRunPage(handle);
-        close(fd);
-      });
+      const handle = createVcpuHandle(vm, id, cleanups);
       vcpus.push(handle);
       const vcpu = new Vcpu(handle);
       // CPUID first: KVM checks control-register bits against the guest's CPUID.
@@ -213,9 +232,20 @@ export function buildForBoot(config: VmConfig): BuiltVm {
         vcpu.updateRegs(bootState.regs);
       }
     }
-    return { kvm, vm, memory, vcpus, kernel: { format: kernel.format, protocol }, cmdline: cmdline.toString(), acpi: inputs.acpi, config, virtio, dispose };
+    return {
+      kvm,
+      vm,
+      memory,
+      vcpus,
+      kernel: { format: kernel.format, protocol },
+      cmdline: cmdline.toString(),
+      acpi: inputs.acpi,
+      config,
+      virtio,
+      dispose: cleanups.dispose,
+    };
   } catch (error) {
-    dispose();
+    cleanups.dispose();
     throw error;
   }
 }

@@ -191,25 +191,42 @@ export class RunningVm {
     return new RunningVm(built, shared, threads, io, outcome, (result) => ended.resolve(result));
   }
 
-  /** Every vCPU parked outside KVM_RUN and every device quiesced; resolves with the devices' state. */
+  /** Every vCPU parked outside KVM_RUN and every device quiesced. */
   pause(): Promise<void> {
-    return this.serialised(async () => {
-      if (this.runState !== "running") return;
-      await Promise.all(this.threads.map((thread) => thread.pause()));
-      this.pausedDevices = (await this.io?.pause()) ?? [];
-      this.runState = "paused";
-    });
+    return this.serialised(() => this.pauseNow());
   }
 
   resume(): Promise<void> {
+    return this.serialised(() => this.resumeNow());
+  }
+
+  /** Runs `task` with the VM paused, then lets it run again if it was running before. */
+  whilePaused<T>(task: () => Promise<T> | T): Promise<T> {
     return this.serialised(async () => {
-      if (this.runState !== "paused") return;
-      // Devices first, so a request the guest makes the moment it runs is served.
-      await this.io?.resume();
-      await Promise.all(this.threads.map((thread) => thread.resume()));
-      this.pausedDevices = undefined;
-      this.runState = "running";
+      const wasRunning = this.runState === "running";
+      await this.pauseNow();
+      try {
+        return await task();
+      } finally {
+        if (wasRunning) await this.resumeNow();
+      }
     });
+  }
+
+  private async pauseNow(): Promise<void> {
+    if (this.runState !== "running") return;
+    await Promise.all(this.threads.map((thread) => thread.pause()));
+    this.pausedDevices = (await this.io?.pause()) ?? [];
+    this.runState = "paused";
+  }
+
+  private async resumeNow(): Promise<void> {
+    if (this.runState !== "paused") return;
+    // Devices first, so a request the guest makes the moment it runs is served.
+    await this.io?.resume();
+    await Promise.all(this.threads.map((thread) => thread.resume()));
+    this.pausedDevices = undefined;
+    this.runState = "running";
   }
 
   /** The device state of a paused VM (what a snapshot records). */
@@ -231,7 +248,7 @@ export class RunningVm {
   }
 
   /** Runs `task` after every earlier pause/resume/snapshot request has finished. */
-  serialised<T>(task: () => Promise<T>): Promise<T> {
+  private serialised<T>(task: () => Promise<T>): Promise<T> {
     const next = this.queue.then(task, task);
     this.queue = next.catch(() => {});
     return next;

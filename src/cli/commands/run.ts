@@ -3,13 +3,11 @@ import { DriveOptionError, parseDriveOption, parseNetOption, parseVsockOption, r
 import { ConfigFileError, loadVmFile, type VmFile } from "../../config/vm-file.ts";
 import type { VirtioDeviceSpec } from "../../devices/virtio/factory.ts";
 import { kvmBackendWarning } from "../../diagnostics/host.ts";
-import { KvmError } from "../../kvm/errors.ts";
 import { buildForBoot } from "../../vmm/builder.ts";
 import { DEFAULT_CMDLINE, DEFAULT_MEMORY_MIB, DEFAULT_VCPUS, MAX_VCPUS, type VmConfig } from "../../vmm/config.ts";
-import { VmBuildError } from "../../vmm/errors.ts";
-import { runVm, type ConsoleIo, type VmOutcome } from "../../vmm/vmm.ts";
-import { EXIT, type ExitCode } from "../exit-codes.ts";
-import { CliError, printJson, rejectUnknownFlags, reportError, usageError } from "../output.ts";
+import { EXIT } from "../exit-codes.ts";
+import { CliError, rejectUnknownFlags, reportError, usageError } from "../output.ts";
+import { buildOrExplain, checkApiSocket, reportOutcome, runSession, terminalConsole } from "../vm-session.ts";
 
 // No citty defaults for values a config file may set: a flag given on the command line must be told apart from one left out.
 const args = {
@@ -37,6 +35,7 @@ const args = {
   },
   "boot-timer": { type: "boolean", description: "Map the boot-timer device; the outcome reports bootTimeMs when the guest writes it" },
   "on-reboot": { type: "string", description: "What a guest reboot does: exit (default) or restart the VM from its kernel", valueHint: "exit|restart" },
+  "api-socket": { type: "string", description: "Serve the VM's control API (HTTP/JSON: pause, resume, stop, snapshot) on this Unix socket", valueHint: "path" },
   json: { type: "boolean", description: "Console to stderr; one JSON document with the outcome to stdout", default: false },
 } as const;
 
@@ -63,42 +62,21 @@ export const runCommand = defineCommand({
     try {
       rejectUnknownFlags(rawArgs, args);
       const { config, onReboot } = resolveConfig(parsed, rawArgs);
+      const apiSocket = typeof parsed["api-socket"] === "string" ? parsed["api-socket"] : undefined;
+      await checkApiSocket(apiSocket);
       const consoleIo = terminalConsole(json ? process.stderr : process.stdout);
       const warning = kvmBackendWarning();
       if (warning) process.stderr.write(`volt: warning: ${warning}\n`);
       let restarts = 0;
       for (;;) {
-        const built = build(config);
-        let outcome: VmOutcome;
-        try {
-          outcome = await runVm(built, { console: consoleIo, startedAtMs, onDeviceError: (message) => process.stderr.write(`volt: ${message}\n`) });
-        } finally {
-          built.dispose();
-        }
+        const built = buildOrExplain(() => buildForBoot(config));
+        const outcome = await runSession(built, { console: consoleIo, startedAtMs, ...(apiSocket !== undefined ? { apiSocket } : {}) });
         if (outcome.kind === "reboot" && onReboot === "restart") {
           restarts++;
           if (!json) process.stderr.write(`volt: ${outcome.detail}; restarting the VM (restart ${restarts})\n`);
           continue;
         }
-        const exitCode = exitCodeFor(outcome);
-        if (json) {
-          printJson({
-            ok: exitCode === EXIT.ok,
-            outcome: outcome.kind,
-            detail: outcome.detail,
-            exitCode,
-            kernel: built.kernel,
-            cmdline: built.cmdline,
-            acpi: built.acpi,
-            restarts,
-            ...(outcome.deviceStats ? { devices: outcome.deviceStats } : {}),
-            ...(outcome.deviceErrors ? { deviceErrors: outcome.deviceErrors } : {}),
-            ...(outcome.bootTimeMs !== undefined ? { bootTimeMs: outcome.bootTimeMs } : {}),
-          });
-        } else if (exitCode !== EXIT.ok) {
-          process.stderr.write(`volt: ${outcome.detail}\n`);
-        }
-        process.exitCode = exitCode;
+        process.exitCode = reportOutcome(outcome, built, json, { restarts });
         return;
       }
     } catch (error) {
@@ -176,50 +154,5 @@ function wholeNumber(flag: string, value: string): number {
   return Number(value);
 }
 
-function build(config: Parameters<typeof buildForBoot>[0]) {
-  try {
-    return buildForBoot(config);
-  } catch (error) {
-    if (error instanceof VmBuildError) throw new CliError(error.kind, error.message, EXIT.usage, { cause: error });
-    if (error instanceof KvmError) throw new CliError(`kvm-${error.kind}`, error.message, EXIT.kvmUnavailable, { cause: error });
-    throw error;
-  }
-}
 
-function exitCodeFor(outcome: VmOutcome): ExitCode {
-  switch (outcome.kind) {
-    case "poweroff":
-    case "reboot":
-      return EXIT.ok;
-    case "panic":
-      return EXIT.guestPanic;
-    case "error":
-      return EXIT.vmFailed;
-    case "signal":
-      return outcome.detail.includes("SIGTERM") ? EXIT.terminated : EXIT.interrupted;
-  }
-}
 
-/** Guest console on `output`; host stdin to the guest, in raw mode on a terminal (restored on every exit path). */
-function terminalConsole(output: NodeJS.WriteStream): ConsoleIo {
-  return {
-    write: (bytes) => output.write(bytes),
-    attachInput(deliver) {
-      const stdin = process.stdin;
-      const raw = stdin.isTTY === true;
-      if (raw) stdin.setRawMode(true);
-      const onData = (chunk: Buffer) => deliver(new Uint8Array(chunk));
-      stdin.on("data", onData);
-      stdin.on("error", () => {});
-      const restore = () => {
-        if (raw) stdin.setRawMode(false);
-      };
-      process.once("exit", restore);
-      return () => {
-        stdin.off("data", onData);
-        stdin.pause();
-        restore();
-      };
-    },
-  };
-}

@@ -105,6 +105,11 @@ export interface VirtioDevice {
   processBackend?(fd: number, revents: number): void;
   /** Release host resources (files, sockets) when the VM ends. */
   close?(): void;
+  /**
+   * Called once after a snapshot restore brought the device back up: host
+   * connections did not survive (vsock tells its driver so).
+   */
+  restored?(): void;
 }
 
 export interface BackendPoll {

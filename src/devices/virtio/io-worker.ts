@@ -102,7 +102,9 @@ class ServedDevice {
   /** Picks up a restored device where it was: the transport state came back with the snapshot, the queues resume their indices. */
   restore(state: VirtioDeviceState): void {
     this.seenResets = this.transport.resetCount();
-    if (state.active) this.activate(state.queues);
+    if (!state.active) return;
+    this.activate(state.queues);
+    if (this.active) this.device.restored?.();
   }
 
   private activate(resumeAt?: VirtioDeviceState["queues"]): void {

@@ -207,6 +207,11 @@ export class VirtioVsock implements VirtioDevice {
     this.muxer.close();
   }
 
+  /** After a restore every host connection is gone: tell the driver, as Firecracker does. */
+  restored(): void {
+    this.transportReset();
+  }
+
   /**
    * Tells the guest its connections are gone (VIRTIO_VSOCK_EVENT_TRANSPORT_RESET),
    * as after a snapshot restore, and closes Volt's side of them. False when

@@ -1,0 +1,166 @@
+import { defineCommand } from "citty";
+import { resolve } from "node:path";
+import { SnapshotError } from "../../snapshot/format.ts";
+import { buildFromSnapshot, openSnapshot } from "../../vmm/snapshot.ts";
+import { kvmBackendWarning } from "../../diagnostics/host.ts";
+import { EXIT } from "../exit-codes.ts";
+import { CliError, printJson, rejectUnknownFlags, reportError, usageError } from "../output.ts";
+import { buildOrExplain, checkApiSocket, reportOutcome, runSession, terminalConsole } from "../vm-session.ts";
+
+function snapshotError(error: unknown): never {
+  if (error instanceof SnapshotError) throw new CliError(`snapshot-${error.kind}`, error.message, EXIT.usage, { cause: error });
+  throw error;
+}
+
+const createArgs = {
+  "api-socket": { type: "string", description: "The running VM's control socket (volt run --api-socket)", valueHint: "path", required: true },
+  dir: { type: "positional", description: "Directory to write the snapshot to (state.volt + memory.raw)", required: true },
+  force: { type: "boolean", description: "Replace an existing snapshot (only once the new one is complete)", default: false },
+  json: { type: "boolean", description: "One JSON document on stdout", default: false },
+} as const;
+
+const createCommand = defineCommand({
+  meta: {
+    name: "create",
+    description:
+      "Snapshot a running VM: it pauses for the capture and then runs on.\n\n" +
+      "Example:\n  volt run --kernel vmlinux --initrd initrd.img --api-socket /tmp/vm.sock &\n  volt snapshot create --api-socket /tmp/vm.sock ./snap1\n\n" +
+      "Exit status: 0 written, 2 bad input or the snapshot exists (use --force), 6 the VM could not be snapshotted.",
+  },
+  args: createArgs,
+  async run({ args: parsed, rawArgs }) {
+    const json = parsed.json;
+    try {
+      rejectUnknownFlags(rawArgs, createArgs);
+      const socket = parsed["api-socket"];
+      let response: Response;
+      try {
+        response = await fetch("http://volt/snapshot/create", {
+          unix: socket,
+          method: "PUT",
+          body: JSON.stringify({ dir: resolve(parsed.dir), force: parsed.force }),
+        } as RequestInit);
+      } catch (error) {
+        throw new CliError("api-unreachable", `cannot reach a VM at ${socket}: ${(error as Error).message}`, EXIT.usage, { cause: error });
+      }
+      const body = (await response.json().catch(() => ({}))) as { ok?: boolean; snapshot?: Record<string, unknown>; error?: { kind: string; message: string } };
+      if (!response.ok || !body.ok) {
+        const status = response.status >= 500 ? EXIT.vmFailed : EXIT.usage;
+        throw new CliError(body.error?.kind ?? "api", body.error?.message ?? `the VM answered HTTP ${response.status}`, status);
+      }
+      if (json) printJson({ ok: true, snapshot: body.snapshot });
+      else {
+        const s = body.snapshot as { dir: string; memoryFileSize: number; memoryBytesWritten: number; pausedMs: number };
+        process.stdout.write(
+          `snapshot ${s.dir}: ${(s.memoryFileSize / 2 ** 20).toFixed(0)} MiB of guest memory (${(s.memoryBytesWritten / 2 ** 20).toFixed(1)} MiB written, the rest was zero), guest paused ${s.pausedMs.toFixed(0)} ms\n`,
+        );
+      }
+    } catch (error) {
+      process.exitCode = reportError(error, json);
+    }
+  },
+});
+
+const restoreArgs = {
+  dir: { type: "positional", description: "Snapshot directory", required: true },
+  "api-socket": { type: "string", description: "Serve the restored VM's control API on this Unix socket", valueHint: "path" },
+  json: { type: "boolean", description: "Console to stderr; one JSON document with the outcome to stdout", default: false },
+} as const;
+
+const restoreCommand = defineCommand({
+  meta: {
+    name: "restore",
+    description:
+      "Start a VM from a snapshot, where it was: guest memory is mapped copy-on-write from the snapshot (read lazily,\n" +
+      "never modified), devices reopen their drives, taps and sockets. The console and exit statuses are volt run's.\n\n" +
+      "Example:\n  volt snapshot restore ./snap1\n\n" +
+      "Exit status: as volt run; 2 also when the snapshot is missing, corrupt (CRC), from another format version, or\n" +
+      "its memory file is truncated — checked before any VM is created.",
+  },
+  args: restoreArgs,
+  async run({ args: parsed, rawArgs }) {
+    const startedAtMs = performance.timeOrigin + performance.now();
+    const json = parsed.json;
+    try {
+      rejectUnknownFlags(rawArgs, restoreArgs);
+      let snapshot;
+      try {
+        snapshot = openSnapshot(parsed.dir);
+      } catch (error) {
+        snapshotError(error);
+      }
+      const apiSocket = parsed["api-socket"];
+      await checkApiSocket(apiSocket);
+      const warning = kvmBackendWarning();
+      if (warning) process.stderr.write(`volt: warning: ${warning}\n`);
+      const restored = buildOrExplain(() => buildFromSnapshot(snapshot));
+      const restoreMs = performance.timeOrigin + performance.now() - startedAtMs;
+      const outcome = await runSession(restored.built, {
+        console: terminalConsole(json ? process.stderr : process.stdout),
+        startedAtMs,
+        restore: restored.devices,
+        ...(apiSocket !== undefined ? { apiSocket } : {}),
+      });
+      process.exitCode = reportOutcome(outcome, restored.built, json, { restoredFrom: snapshot.dir, restoreMs });
+    } catch (error) {
+      process.exitCode = reportError(error, json);
+    }
+  },
+});
+
+const inspectArgs = {
+  dir: { type: "positional", description: "Snapshot directory", required: true },
+  json: { type: "boolean", description: "One JSON document on stdout", default: false },
+} as const;
+
+const inspectCommand = defineCommand({
+  meta: { name: "inspect", description: "Check a snapshot and print its metadata (format version, size, vCPUs, devices).\n\nExample:\n  volt snapshot inspect ./snap1 --json" },
+  args: inspectArgs,
+  async run({ args: parsed, rawArgs }) {
+    const json = parsed.json;
+    try {
+      rejectUnknownFlags(rawArgs, inspectArgs);
+      let snapshot;
+      try {
+        snapshot = openSnapshot(parsed.dir);
+      } catch (error) {
+        snapshotError(error);
+      }
+      const { meta, state } = snapshot;
+      const summary = {
+        dir: snapshot.dir,
+        formatVersion: `${snapshot.major}.${snapshot.minor}`,
+        createdAt: meta.createdAt,
+        voltVersion: meta.voltVersion,
+        vcpus: meta.vcpuCount,
+        memorySizeBytes: meta.memorySizeBytes,
+        memoryFileSize: meta.memoryFileSize,
+        kernel: state.machine.kernel,
+        cmdline: state.machine.cmdline,
+        devices: state.machine.virtioDevices.map((d) => d.kind),
+      };
+      if (json) printJson({ ok: true, snapshot: summary });
+      else {
+        process.stdout.write(
+          [
+            `snapshot ${summary.dir}`,
+            `  format      ${summary.formatVersion} (volt ${summary.voltVersion}), created ${summary.createdAt}`,
+            `  machine     ${summary.vcpus} vCPU(s), ${summary.memorySizeBytes / 2 ** 20} MiB, ${summary.kernel.format} via ${summary.kernel.protocol}`,
+            `  devices     ${summary.devices.join(", ") || "none"}`,
+            `  cmdline     ${summary.cmdline}`,
+          ].join("\n") + "\n",
+        );
+      }
+    } catch (error) {
+      process.exitCode = reportError(error, json);
+    }
+  },
+});
+
+export const snapshotCommand = defineCommand({
+  meta: { name: "snapshot", description: "Create, restore and inspect VM snapshots" },
+  subCommands: { create: createCommand, restore: restoreCommand, inspect: inspectCommand },
+  run({ rawArgs }) {
+    if (rawArgs.length === 0) process.exitCode = reportError(usageError("volt snapshot needs a subcommand: create, restore or inspect (see --help)"), false);
+  },
+});

@@ -1,0 +1,173 @@
+/**
+ * Snapshot and restore on real KVM: a guest that counts on its console is
+ * snapshotted through the control API, the original is killed, and restores
+ * in new processes carry on where it was.
+ */
+import { afterAll, describe, expect, test } from "bun:test";
+import { createHash } from "node:crypto";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { buildInitramfs } from "../../src/image/initramfs.ts";
+import { requireKvm } from "./kvm.ts";
+
+const root = join(import.meta.dir, "..", "..");
+const volt = join(root, "dist", "volt");
+const work = mkdtempSync(join(tmpdir(), "volt-snapshot-"));
+afterAll(() => rmSync(work, { recursive: true, force: true }));
+
+const kvmUsable = requireKvm();
+const kernel = process.env.VOLT_TEST_VMLINUX ?? process.env.VOLT_TEST_BZIMAGE;
+const modules = (process.env.VOLT_TEST_VMLINUX_MODULES ?? "").split(":").filter((m) => m !== "");
+
+/** Counts once a second; each line carries a value kept in guest RAM; a line typed on the console is echoed. */
+function counterScript(withDisk: boolean): string {
+  return `
+${withDisk ? "mkdir -p /mnt && mount -t ext4 /dev/vda /mnt && echo VOLT-MOUNTED" : ""}
+echo "marker-$(cat /proc/sys/kernel/random/uuid)" > /tmp/marker
+i=0
+while [ $i -lt 600 ]; do
+  i=$((i+1))
+  echo "VOLT-COUNT=$i $(cat /tmp/marker)"
+  ${withDisk ? "echo $i >> /mnt/counts; sync" : ""}
+  if read -t 1 line; then echo "VOLT-GOT=$line"; fi
+done
+`;
+}
+
+interface Watched {
+  readonly child: Bun.Subprocess<"pipe", "pipe", "pipe">;
+  console: string;
+  readonly exited: Promise<{ exitCode: number; stdout: string }>;
+  waitFor(pattern: RegExp, timeoutMs?: number): Promise<RegExpMatchArray>;
+}
+
+function watch(args: string[]): Watched {
+  const child = Bun.spawn([volt, ...args], { stdin: "pipe", stdout: "pipe", stderr: "pipe" });
+  const waiters: { pattern: RegExp; resolve: (m: RegExpMatchArray) => void }[] = [];
+  const state: { console: string } = { console: "" };
+  const watched: Watched = {
+    child,
+    get console() {
+      return state.console;
+    },
+    exited: (async () => {
+      const decoder = new TextDecoder();
+      for await (const chunk of child.stderr) {
+        state.console += decoder.decode(chunk);
+        for (const waiter of [...waiters]) {
+          const match = state.console.match(waiter.pattern);
+          if (match) {
+            waiters.splice(waiters.indexOf(waiter), 1);
+            waiter.resolve(match);
+          }
+        }
+      }
+      const exitCode = await child.exited;
+      return { exitCode, stdout: await new Response(child.stdout).text() };
+    })(),
+    waitFor(pattern, timeoutMs = 180_000) {
+      const match = state.console.match(pattern);
+      if (match) return Promise.resolve(match);
+      return new Promise((resolve, reject) => {
+        waiters.push({ pattern, resolve });
+        setTimeout(() => reject(new Error(`timed out waiting for ${pattern}; console tail:\n${state.console.slice(-2000)}`)), timeoutMs);
+      });
+    },
+  };
+  return watched;
+}
+
+function voltSync(args: string[]) {
+  const result = Bun.spawnSync([volt, ...args], { timeout: 120_000 });
+  return { exitCode: result.exitCode, stdout: result.stdout.toString(), stderr: result.stderr.toString() };
+}
+
+/** A whole count line (the marker read from RAM included), so a line cut between two reads is not taken for one. */
+const COMPLETE_COUNT_LINE = /VOLT-COUNT=(\d+) marker-[0-9a-f-]{36}\r?\n/;
+
+function counts(console: string): number[] {
+  return [...console.matchAll(/VOLT-COUNT=(\d+) (marker-[0-9a-f-]+)/g)].map((m) => Number(m[1]));
+}
+
+function markers(console: string): Set<string> {
+  return new Set([...console.matchAll(/VOLT-COUNT=\d+ (marker-[0-9a-f-]+)/g)].map((m) => m[1]!));
+}
+
+function sha256File(path: string): string {
+  return createHash("sha256").update(readFileSync(path)).digest("hex");
+}
+
+/** Boots the counter guest, waits for a few counts, snapshots it through the API and kills it. */
+async function bootAndSnapshot(name: string, extraArgs: string[], withDisk: boolean) {
+  const initrd = join(work, `${name}.cpio.gz`);
+  writeFileSync(initrd, buildInitramfs({ script: counterScript(withDisk), exit: "poweroff", modules }));
+  const socket = join(work, `${name}.sock`);
+  const original = watch(["run", "--kernel", kernel!, "--initrd", initrd, "--mem", "128", "--api-socket", socket, "--json", ...extraArgs]);
+  await original.waitFor(/VOLT-COUNT=3 /);
+  const dir = join(work, `${name}-snap`);
+  const created = voltSync(["snapshot", "create", "--api-socket", socket, dir, "--json"]);
+  const countAtSnapshot = Math.max(...counts(original.console));
+  if (created.exitCode !== 0) console.error(created.stderr);
+  expect(created.exitCode).toBe(0);
+  expect(JSON.parse(created.stdout)).toMatchObject({ ok: true, snapshot: { dir } });
+  // The original runs on after the snapshot...
+  await original.waitFor(new RegExp(`VOLT-COUNT=${countAtSnapshot + 1} `));
+  // ...until it is killed: restores must not need it.
+  original.child.kill("SIGKILL");
+  await original.exited;
+  return { dir, countAtSnapshot, marker: [...markers(original.console)][0]!, socket };
+}
+
+describe.skipIf(!kvmUsable)(`snapshot and restore (${process.env.VOLT_KVM_MODE ?? "unknown"} KVM)`, () => {
+  test("a restored guest continues its count and its RAM, keeps using its disk; an existing snapshot is not overwritten", async () => {
+    const tree = join(work, "tree");
+    mkdirSync(tree);
+    const disk = join(work, "disk.ext4");
+    const mkfs = Bun.spawnSync(["mkfs.ext4", "-q", "-F", "-d", tree, disk, "16M"]);
+    expect(mkfs.exitCode).toBe(0);
+    const { dir, countAtSnapshot, marker } = await bootAndSnapshot("counter", ["--drive", `path=${disk}`], true);
+
+    const again = voltSync(["snapshot", "create", "--api-socket", join(work, "counter.sock"), dir]);
+    expect(again.exitCode).toBe(2); // the original is gone: nothing to reach
+    const inspect = voltSync(["snapshot", "inspect", dir, "--json"]);
+    expect(JSON.parse(inspect.stdout)).toMatchObject({ ok: true, snapshot: { vcpus: 1, memorySizeBytes: 128 * 1024 * 1024, devices: ["block"] } });
+
+    const restored = watch(["snapshot", "restore", dir, "--json"]);
+    const firstCount = Number((await restored.waitFor(COMPLETE_COUNT_LINE))[1]);
+    // Where it was, not from the start: the snapshot was taken after count `countAtSnapshot` was printed.
+    expect(firstCount).toBeGreaterThanOrEqual(countAtSnapshot);
+    expect(firstCount).toBeLessThanOrEqual(countAtSnapshot + 2);
+    // The value in guest RAM came back.
+    expect(markers(restored.console)).toEqual(new Set([marker]));
+    await restored.waitFor(new RegExp(`VOLT-COUNT=${firstCount + 2} `));
+    restored.child.kill("SIGTERM");
+    const { exitCode, stdout } = await restored.exited;
+    expect(exitCode).toBe(143);
+    expect(JSON.parse(stdout)).toMatchObject({ outcome: "signal", restoredFrom: dir });
+    // The restored guest kept writing its counts to the same disk.
+    const logged = Bun.spawnSync(["debugfs", "-R", "cat /counts", disk]).stdout.toString().trim().split("\n").map(Number);
+    expect(Math.max(...logged)).toBeGreaterThanOrEqual(firstCount + 1);
+  });
+
+  test("two restores of one snapshot run at once and diverge; the memory file is unchanged", async () => {
+    const { dir, marker } = await bootAndSnapshot("clones", [], false);
+    const memoryBefore = sha256File(join(dir, "memory.raw"));
+    const a = watch(["snapshot", "restore", dir, "--json"]);
+    const b = watch(["snapshot", "restore", dir, "--json"]);
+    await Promise.all([a.waitFor(/VOLT-COUNT=\d+ /), b.waitFor(/VOLT-COUNT=\d+ /)]);
+    a.child.stdin.write("alpha\n");
+    a.child.stdin.flush();
+    b.child.stdin.write("beta\n");
+    b.child.stdin.flush();
+    await Promise.all([a.waitFor(/VOLT-GOT=alpha/), b.waitFor(/VOLT-GOT=beta/)]);
+    a.child.kill("SIGTERM");
+    b.child.kill("SIGTERM");
+    await Promise.all([a.exited, b.exited]);
+    expect(a.console).not.toContain("VOLT-GOT=beta");
+    expect(b.console).not.toContain("VOLT-GOT=alpha");
+    expect(markers(a.console)).toEqual(new Set([marker]));
+    expect(markers(b.console)).toEqual(new Set([marker]));
+    expect(sha256File(join(dir, "memory.raw"))).toBe(memoryBefore);
+  });
+});

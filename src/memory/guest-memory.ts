@@ -10,6 +10,7 @@
  * reach host memory outside guest RAM.
  */
 import { ptr } from "bun:ffi";
+import { closeSync, fstatSync, openSync } from "node:fs";
 import {
   MAP_ANONYMOUS,
   MAP_FIXED,
@@ -185,6 +186,52 @@ export class GuestMemory extends GuestMemoryView {
     return new GuestMemory(-1, regions);
   }
 
+  /**
+   * Guest RAM backed copy-on-write by a list of files per region (a chunk
+   * store's chunks, src/snapshot/chunks.ts): chunk j of a region is mapped
+   * MAP_PRIVATE|MAP_FIXED at the sum of the earlier chunks' lengths, from
+   * offset 0 of its file. A chunk whose `path` is null is left as the
+   * buffer's fresh anonymous zero pages. As with `mapPrivate`, pages load
+   * on first touch, writes stay private to this VM and no file is changed.
+   * Every length must be a whole number of pages, the lengths of a region
+   * must add up to its size, and each file must be at least as long as its
+   * chunk (touching a mapped page past the end of a file is SIGBUS).
+   * One mapping per stored chunk: mind vm.max_map_count for huge guests.
+   */
+  static mapChunks(
+    specs: readonly (RegionSpec & { readonly chunks: readonly { readonly path: string | null; readonly length: number }[] })[],
+  ): GuestMemory {
+    validateLayout(specs);
+    const regions: GuestRegion[] = [];
+    try {
+      let logicalOffset = 0;
+      for (const spec of specs) {
+        const where = `guest region 0x${spec.guestAddress.toString(16)}`;
+        let total = 0;
+        for (const [j, chunk] of spec.chunks.entries()) {
+          if (!Number.isSafeInteger(chunk.length) || chunk.length <= 0 || chunk.length % PAGE_SIZE !== 0) {
+            throw new GuestMemoryError(`${where}: chunk ${j} length ${chunk.length} must be a non-zero multiple of ${PAGE_SIZE}`);
+          }
+          total += chunk.length;
+        }
+        if (total !== spec.size) throw new GuestMemoryError(`${where}: chunks add up to ${total} bytes, the region is ${spec.size}`);
+        const { buffer, bytes, hostAddress } = pageAlignedBuffer(spec);
+        // Listed before the first mmap, so a failure part-way restores this region too.
+        regions.push({ guestAddress: spec.guestAddress, size: spec.size, fileOffset: logicalOffset, hostAddress, buffer, bytes });
+        let offset = 0;
+        for (const chunk of spec.chunks) {
+          if (chunk.path !== null) mapChunkFile(chunk.path, hostAddress + offset, chunk.length, `${where}+0x${offset.toString(16)}`);
+          offset += chunk.length;
+        }
+        logicalOffset += spec.size;
+      }
+    } catch (error) {
+      restoreAnonymous(regions);
+      throw error;
+    }
+    return new GuestMemory(-1, regions);
+  }
+
   static create(specs: readonly RegionSpec[], name = "volt-guest-ram"): GuestMemory {
     validateLayout(specs);
     const total = specs.reduce((sum, s) => sum + s.size, 0);
@@ -231,6 +278,22 @@ function pageAlignedBuffer(spec: RegionSpec): { buffer: SharedArrayBuffer; bytes
     throw new GuestMemoryError(`host buffer for guest region 0x${spec.guestAddress.toString(16)} is not page aligned`);
   }
   return { buffer, bytes, hostAddress };
+}
+
+function mapChunkFile(path: string, hostAddress: number, length: number, where: string): void {
+  let fd: number;
+  try {
+    fd = openSync(path, "r");
+  } catch (error) {
+    throw new GuestMemoryError(`${where}: cannot open chunk ${path}: ${(error as NodeJS.ErrnoException).code ?? String(error)}`);
+  }
+  try {
+    const size = fstatSync(fd).size;
+    if (size < length) throw new GuestMemoryError(`${where}: chunk ${path} is ${size} bytes, ${length} are mapped`);
+    mmap(hostAddress, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED, fd, 0, `guest RAM chunk ${path}`);
+  } finally {
+    closeSync(fd);
+  }
 }
 
 function restoreAnonymous(regions: readonly GuestRegion[]): void {

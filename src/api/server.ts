@@ -6,23 +6,35 @@
  *   PUT  /vm/pause         park every vCPU and quiesce devices
  *   PUT  /vm/resume
  *   PUT  /vm/stop          end the VM (outcome "signal", detail "stopped by the API")
- *   PUT  /snapshot/create  {"dir": "...", "force"?: bool}; pauses for the capture, then runs on
+ *   PUT  /snapshot/create  {"dir": "...", "force"?: bool, "chunkStore"?: "..."}; pauses for the capture, then runs on
+ *                          {"inMemory": true}: kept in this process (a memfd), answered with its id
+ *   GET  /snapshot/memory/ID     an in-memory snapshot's state file (octet-stream); the
+ *                                Volt-Memory-Path header names its memory (/proc/PID/fd/N)
+ *   DELETE /snapshot/memory/ID   forget it (its memory is freed once no clone maps it)
  *
  * Every request body is validated; errors are JSON {"error": {"kind", "message"}}
  * with 400 (bad request), 404 (no such endpoint), 405 (wrong method),
  * 409 (the VM is stopping) or 500.
  */
-import { existsSync, statSync, unlinkSync } from "node:fs";
+import { closeSync, existsSync, statSync, unlinkSync } from "node:fs";
 import { connect } from "node:net";
 import * as v from "valibot";
 import { SnapshotError } from "../snapshot/format.ts";
-import { snapshotVm } from "../vmm/snapshot.ts";
+import type { InMemorySnapshot } from "../snapshot/files.ts";
+import { snapshotVm, snapshotVmInMemory } from "../vmm/snapshot.ts";
 import type { RunningVm } from "../vmm/vmm.ts";
 
-const SnapshotRequest = v.strictObject({
-  dir: v.pipe(v.string("dir must be a path"), v.nonEmpty("dir must not be empty")),
-  force: v.optional(v.boolean("force must be true or false")),
-});
+const SnapshotRequest = v.union(
+  [
+    v.strictObject({
+      dir: v.pipe(v.string("dir must be a path"), v.nonEmpty("dir must not be empty")),
+      force: v.optional(v.boolean("force must be true or false")),
+      chunkStore: v.optional(v.pipe(v.string("chunkStore must be a path"), v.nonEmpty("chunkStore must not be empty"))),
+    }),
+    v.strictObject({ inMemory: v.literal(true, "inMemory must be true") }),
+  ],
+  'the body must be {"dir": PATH, "force"?: BOOL, "chunkStore"?: PATH} or {"inMemory": true}',
+);
 
 export class ApiSocketError extends Error {
   override name = "ApiSocketError";
@@ -51,15 +63,20 @@ export async function claimSocketPath(path: string): Promise<void> {
 
 export async function startApiServer(path: string, vm: RunningVm): Promise<ApiServer> {
   await claimSocketPath(path);
+  const inMemory = new Map<string, InMemorySnapshot>();
+  let nextId = 1;
+  const context: Context = { vm, inMemory, newId: () => `mem-${nextId++}` };
   const server = Bun.serve({
     unix: path,
-    fetch: (request) => handle(request, vm),
+    fetch: (request) => handle(request, context),
     error: (error) => reply(500, { error: { kind: "internal", message: error.message } }),
   });
   return {
     path,
     stop() {
       server.stop(true);
+      for (const snapshot of inMemory.values()) closeSync(snapshot.memfd);
+      inMemory.clear();
       try {
         unlinkSync(path);
       } catch {
@@ -85,8 +102,19 @@ const ROUTES: Record<string, readonly string[]> = {
   "/snapshot/create": ["PUT"],
 };
 
-async function handle(request: Request, vm: RunningVm): Promise<Response> {
+interface Context {
+  readonly vm: RunningVm;
+  readonly inMemory: Map<string, InMemorySnapshot>;
+  newId(): string;
+}
+
+const MEMORY_SNAPSHOT_PATH = /^\/snapshot\/memory\/([A-Za-z0-9-]+)$/;
+
+async function handle(request: Request, context: Context): Promise<Response> {
+  const { vm } = context;
   const { pathname } = new URL(request.url);
+  const memoryMatch = pathname.match(MEMORY_SNAPSHOT_PATH);
+  if (memoryMatch) return memorySnapshot(request, context, memoryMatch[1]!);
   const methods = ROUTES[pathname];
   if (!methods) return failure(404, "not-found", `no endpoint ${pathname} (endpoints: ${Object.keys(ROUTES).join(", ")})`);
   if (!methods.includes(request.method)) return failure(405, "method", `${pathname} takes ${methods.join(", ")}, not ${request.method}`);
@@ -108,7 +136,15 @@ async function handle(request: Request, vm: RunningVm): Promise<Response> {
         if (body instanceof Response) return body;
         const parsed = v.safeParse(SnapshotRequest, body);
         if (!parsed.success) return failure(400, "bad-request", parsed.issues.map((i) => i.message).join("; "));
-        const result = await snapshotVm(vm, parsed.output.dir, { force: parsed.output.force ?? false });
+        if ("inMemory" in parsed.output) {
+          const snapshot = await snapshotVmInMemory(vm);
+          const id = context.newId();
+          context.inMemory.set(id, snapshot);
+          const { stateFile: _state, memfd: _memfd, ...summary } = snapshot;
+          return reply(200, { ok: true, snapshot: { id, ...summary }, state: vm.state });
+        }
+        const { dir, force, chunkStore } = parsed.output;
+        const result = await snapshotVm(vm, dir, { force: force ?? false, ...(chunkStore !== undefined ? { chunkStore } : {}) });
         return reply(200, { ok: true, snapshot: result, state: vm.state });
       }
     }
@@ -117,6 +153,22 @@ async function handle(request: Request, vm: RunningVm): Promise<Response> {
     return failure(500, "internal", (error as Error).message);
   }
   return failure(404, "not-found", pathname);
+}
+
+function memorySnapshot(request: Request, context: Context, id: string): Response {
+  const snapshot = context.inMemory.get(id);
+  if (!snapshot) return failure(404, "not-found", `no in-memory snapshot ${id} (have: ${[...context.inMemory.keys()].join(", ") || "none"})`);
+  if (request.method === "GET") {
+    return new Response(snapshot.stateFile, {
+      headers: { "content-type": "application/octet-stream", "volt-memory-path": `/proc/${process.pid}/fd/${snapshot.memfd}` },
+    });
+  }
+  if (request.method === "DELETE") {
+    context.inMemory.delete(id);
+    closeSync(snapshot.memfd);
+    return reply(200, { ok: true });
+  }
+  return failure(405, "method", `/snapshot/memory/${id} takes GET, DELETE, not ${request.method}`);
 }
 
 async function jsonBody(request: Request): Promise<unknown | Response> {

@@ -14,7 +14,16 @@
  */
 import { openSync, closeSync } from "node:fs";
 import { SnapshotError } from "../snapshot/format.ts";
-import { readSnapshot, writeSnapshot, type OpenedSnapshot, type WrittenSnapshot } from "../snapshot/files.ts";
+import { mapManifest } from "../snapshot/chunks.ts";
+import {
+  captureInMemory,
+  openStateBytes,
+  readSnapshot,
+  writeSnapshot,
+  type InMemorySnapshot,
+  type OpenedSnapshot,
+  type WrittenSnapshot,
+} from "../snapshot/files.ts";
 import type { VirtioDeviceSpec } from "../devices/virtio/factory.ts";
 import { closeVirtioEventFds } from "../devices/virtio/io-thread.ts";
 import { Kvm } from "../kvm/system.ts";
@@ -53,10 +62,33 @@ export interface SnapshotResult extends WrittenSnapshot {
   readonly pausedMs: number;
 }
 
-export async function snapshotVm(running: RunningVm, dir: string, options: { force?: boolean } = {}): Promise<SnapshotResult> {
+export async function snapshotVm(running: RunningVm, dir: string, options: { force?: boolean; chunkStore?: string } = {}): Promise<SnapshotResult> {
   let pausedAt = 0;
   const written = await running.whilePaused(() => {
     pausedAt = performance.now();
+    const { meta, state, regions } = captureMachine(running);
+    return writeSnapshot(dir, meta, state, regions, options);
+  });
+  return { ...written, pausedMs: performance.now() - pausedAt };
+}
+
+export interface InMemorySnapshotResult extends InMemorySnapshot {
+  readonly pausedMs: number;
+}
+
+/** The same capture kept in this process (a memfd and the state bytes), for clones that touch no disk. */
+export async function snapshotVmInMemory(running: RunningVm): Promise<InMemorySnapshotResult> {
+  let pausedAt = 0;
+  const captured = await running.whilePaused(() => {
+    pausedAt = performance.now();
+    const { meta, state, regions } = captureMachine(running);
+    return captureInMemory(meta, state, regions);
+  });
+  return { ...captured, pausedMs: performance.now() - pausedAt };
+}
+
+/** Everything a snapshot records, read from a paused VM. */
+function captureMachine(running: RunningVm) {
     const built = running.built;
     const msrIndices = saveableMsrIndices(built.kvm);
     const xsave = xsaveSize(built.vm);
@@ -82,9 +114,7 @@ export async function snapshotVm(running: RunningVm, dir: string, options: { for
       memorySizeBytes: built.memory.regions.reduce((sum, r) => sum + r.size, 0),
     };
     const regions = built.memory.regions.map((r) => ({ guestAddress: r.guestAddress, bytes: r.bytes }));
-    return writeSnapshot(dir, meta, state, regions, options);
-  });
-  return { ...written, pausedMs: performance.now() - pausedAt };
+    return { meta, state, regions };
 }
 
 function withoutHostDescriptors(spec: VirtioDeviceSpec): VirtioDeviceSpec {
@@ -95,7 +125,15 @@ function withoutHostDescriptors(spec: VirtioDeviceSpec): VirtioDeviceSpec {
 
 /** Reads and checks a snapshot (no VM yet): throws SnapshotError naming the file at fault. */
 export function openSnapshot(dir: string): OpenedSnapshot<MachineState> {
-  const opened = readSnapshot<MachineState>(dir);
+  return checkMachine(readSnapshot<MachineState>(dir));
+}
+
+/** The same for another process's in-memory snapshot: its state bytes and its memfd's /proc path. */
+export function openSnapshotBytes(bytes: Uint8Array, memoryPath: string, name: string): OpenedSnapshot<MachineState> {
+  return checkMachine(openStateBytes<MachineState>(bytes, name, memoryPath, name));
+}
+
+function checkMachine(opened: OpenedSnapshot<MachineState>): OpenedSnapshot<MachineState> {
   const state = opened.state;
   if (!state || state.version !== MACHINE_STATE_VERSION || !state.machine || !Array.isArray(state.vcpus)) {
     throw new SnapshotError("payload", `${opened.dir}: machine state version ${String(state?.version)} is not one this volt restores (${MACHINE_STATE_VERSION})`);
@@ -119,6 +157,26 @@ export function openSnapshot(dir: string): OpenedSnapshot<MachineState> {
 export interface RestoredVm {
   readonly built: BuiltVm;
   readonly devices: DeviceSnapshot;
+}
+
+/** Guest RAM copy-on-write from the memory file, or from the chunk store for a chunked snapshot. */
+function mapSnapshotMemory(snapshot: OpenedSnapshot<MachineState>): GuestMemory {
+  if (snapshot.manifestPath !== undefined) {
+    const memory = mapManifest(snapshot.manifestPath).memory;
+    const expected = snapshot.meta.regions.map((r) => `${r.guestAddress}+${r.size}`).join(",");
+    const actual = memory.regions.map((r) => `${r.guestAddress}+${r.size}`).join(",");
+    if (expected !== actual) {
+      memory.dispose();
+      throw new SnapshotError("memory", `${snapshot.manifestPath}: regions ${actual} do not match the state's ${expected}`);
+    }
+    return memory;
+  }
+  const fd = openSync(snapshot.memoryPath, "r");
+  try {
+    return GuestMemory.mapPrivate(fd, snapshot.meta.regions);
+  } finally {
+    closeSync(fd);
+  }
 }
 
 /** A VM rebuilt from a checked snapshot, ready for RunningVm.start with `restore: devices`. */
@@ -146,13 +204,7 @@ export function buildFromSnapshot(snapshot: OpenedSnapshot<MachineState>, option
       new Int32Array(slot.transport.buffer, 0, 1)[0] = 0; // the transport's lock word
     });
 
-    const fd = openSync(snapshot.memoryPath, "r");
-    let memory: GuestMemory;
-    try {
-      memory = GuestMemory.mapPrivate(fd, snapshot.meta.regions);
-    } finally {
-      closeSync(fd);
-    }
+    const memory = mapSnapshotMemory(snapshot);
     registerGuestMemory(vm, memory, cleanups);
 
     const xsave = xsaveSize(vm);

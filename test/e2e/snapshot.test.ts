@@ -87,11 +87,11 @@ function voltSync(args: string[]) {
 const COMPLETE_COUNT_LINE = /VOLT-COUNT=(\d+) marker-[0-9a-f-]{36}\r?\n/;
 
 function counts(console: string): number[] {
-  return [...console.matchAll(/VOLT-COUNT=(\d+) (marker-[0-9a-f-]+)/g)].map((m) => Number(m[1]));
+  return [...console.matchAll(/VOLT-COUNT=(\d+) (marker-[0-9a-f-]{36})/g)].map((m) => Number(m[1]));
 }
 
 function markers(console: string): Set<string> {
-  return new Set([...console.matchAll(/VOLT-COUNT=\d+ (marker-[0-9a-f-]+)/g)].map((m) => m[1]!));
+  return new Set([...console.matchAll(/VOLT-COUNT=\d+ (marker-[0-9a-f-]{36})/g)].map((m) => m[1]!));
 }
 
 function sha256File(path: string): string {
@@ -169,5 +169,79 @@ describe.skipIf(!kvmUsable)(`snapshot and restore (${process.env.VOLT_KVM_MODE ?
     expect(markers(a.console)).toEqual(new Set([marker]));
     expect(markers(b.console)).toEqual(new Set([marker]));
     expect(sha256File(join(dir, "memory.raw"))).toBe(memoryBefore);
+  });
+
+  test("an in-memory snapshot is cloned by another process without touching disk; the original runs on", async () => {
+    const initrd = join(work, "inmem.cpio.gz");
+    writeFileSync(initrd, buildInitramfs({ script: counterScript(false), exit: "poweroff", modules }));
+    const socket = join(work, "inmem.sock");
+    const original = watch(["run", "--kernel", kernel!, "--initrd", initrd, "--mem", "128", "--api-socket", socket, "--json"]);
+    await original.waitFor(/VOLT-COUNT=3 /);
+    const created = voltSync(["snapshot", "create", "--api-socket", socket, "--in-memory", "--json"]);
+    if (created.exitCode !== 0) console.error(created.stderr);
+    const { snapshot } = JSON.parse(created.stdout) as { snapshot: { id: string; memoryFileSize: number } };
+    expect(snapshot.id).toMatch(/^mem-\d+$/);
+    expect(snapshot.memoryFileSize).toBe(128 * 1024 * 1024);
+    const countAtSnapshot = Math.max(...counts(original.console));
+    const marker = [...markers(original.console)][0]!;
+
+    const clone = watch(["snapshot", "clone", "--from", socket, snapshot.id, "--json"]);
+    const firstCount = Number((await clone.waitFor(COMPLETE_COUNT_LINE))[1]);
+    expect(firstCount).toBeGreaterThanOrEqual(countAtSnapshot);
+    expect(firstCount).toBeLessThanOrEqual(countAtSnapshot + 2);
+    expect(markers(clone.console)).toEqual(new Set([marker]));
+    // The original was not disturbed: it keeps counting too.
+    const originalNow = Math.max(...counts(original.console));
+    await original.waitFor(new RegExp(`VOLT-COUNT=${originalNow + 1} `));
+    clone.child.kill("SIGTERM");
+    const cloned = await clone.exited;
+    expect(JSON.parse(cloned.stdout)).toMatchObject({ outcome: "signal", clonedFrom: `${socket}#${snapshot.id}` });
+    console.log(`in-memory clone: VM built in ${JSON.parse(cloned.stdout).restoreMs.toFixed(0)} ms after the command started`);
+    // An unknown id is a clear error, not a VM.
+    const unknown = voltSync(["snapshot", "clone", "--from", socket, "mem-999"]);
+    expect(unknown.exitCode).toBe(2);
+    expect(unknown.stderr).toContain("no in-memory snapshot mem-999");
+    original.child.kill("SIGTERM");
+    await original.exited;
+  });
+
+  test("a chunk store shares what two VMs booted from the same kernel and initramfs have in common; a chunked snapshot restores", async () => {
+    const store = join(work, "chunk-store");
+    const initrd = join(work, "chunked.cpio.gz");
+    writeFileSync(initrd, buildInitramfs({ script: counterScript(false), exit: "poweroff", modules }));
+    const boot = async (name: string) => {
+      const socket = join(work, `${name}.sock`);
+      const vm = watch(["run", "--kernel", kernel!, "--initrd", initrd, "--mem", "128", "--api-socket", socket, "--json"]);
+      await vm.waitFor(/VOLT-COUNT=2 /);
+      return { vm, socket };
+    };
+    const [first, second] = await Promise.all([boot("chunked-a"), boot("chunked-b")]);
+    const snap = (socket: string, dir: string) => {
+      const result = voltSync(["snapshot", "create", "--api-socket", socket, dir, "--chunk-store", store, "--json"]);
+      if (result.exitCode !== 0) console.error(result.stderr);
+      expect(result.exitCode).toBe(0);
+      return JSON.parse(result.stdout).snapshot as { memoryFileSize: number; chunks: { chunks: number; newChunks: number; reusedChunks: number; zeroChunks: number; bytesWritten: number; bytesDeduplicated: number } };
+    };
+    const a = snap(first.socket, join(work, "chunked-a-snap"));
+    const b = snap(second.socket, join(work, "chunked-b-snap"));
+    const countAtSnapshot = Math.max(...counts(second.vm.console));
+    for (const vm of [first.vm, second.vm]) vm.child.kill("SIGKILL");
+    await Promise.all([first.vm.exited, second.vm.exited]);
+
+    const logical = a.memoryFileSize + b.memoryFileSize;
+    const stored = a.chunks.bytesWritten + b.chunks.bytesWritten;
+    const ratio = logical / stored;
+    console.log(
+      `chunk store: ${(logical / 2 ** 20).toFixed(0)} MiB of guest memory in ${(stored / 2 ** 20).toFixed(1)} MiB of chunks (dedup ratio ${ratio.toFixed(2)}); ` +
+        `second VM reused ${b.chunks.reusedChunks} of ${b.chunks.chunks - b.chunks.zeroChunks} non-zero chunks`,
+    );
+    expect(b.chunks.reusedChunks).toBeGreaterThan(0);
+    expect(ratio).toBeGreaterThan(1);
+
+    const restored = watch(["snapshot", "restore", join(work, "chunked-b-snap"), "--json"]);
+    const firstCount = Number((await restored.waitFor(COMPLETE_COUNT_LINE))[1]);
+    expect(firstCount).toBeGreaterThanOrEqual(countAtSnapshot);
+    restored.child.kill("SIGTERM");
+    expect((await restored.exited).exitCode).toBe(143);
   });
 });

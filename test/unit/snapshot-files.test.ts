@@ -3,6 +3,7 @@ import { afterAll, describe, expect, test } from "bun:test";
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { MANIFEST_FILE } from "../../src/snapshot/chunks.ts";
 import { MEMORY_FILE, STATE_FILE, readSnapshot, writeSnapshot } from "../../src/snapshot/files.ts";
 import { HEADER_SIZE, SNAPSHOT_MAJOR, SnapshotError, decodeStateFile, encodeStateFile } from "../../src/snapshot/format.ts";
 
@@ -134,6 +135,27 @@ describe("snapshot files", () => {
     expect(() => writeSnapshot(dir, meta, failing, bad)).toThrow("capture failed");
     expect(existsSync(dir)).toBe(false);
     expect(readdirSync(work).filter((f) => f.includes("failed"))).toEqual([]);
+  });
+
+  test("with a chunk store the snapshot holds a manifest instead of memory.raw, and reads back through it", () => {
+    const store = join(work, "store");
+    const dir = join(work, "chunked");
+    const written = writeSnapshot(dir, meta, state, regions(), { chunkStore: store });
+    expect(existsSync(join(dir, MEMORY_FILE))).toBe(false);
+    expect(existsSync(join(dir, MANIFEST_FILE))).toBe(true);
+    // 3 MiB in 2 MiB chunks: the 2 MiB region is one chunk, the 1 MiB region one more; both hold data.
+    expect(written.chunks).toMatchObject({ chunks: 2, newChunks: 2, store });
+    const opened = readSnapshot(dir);
+    expect(opened.manifestPath).toBe(join(dir, MANIFEST_FILE));
+    // A second snapshot of the same memory stores nothing new.
+    const again = writeSnapshot(join(work, "chunked-2"), meta, state, regions(), { chunkStore: store });
+    expect(again.chunks).toMatchObject({ newChunks: 0, reusedChunks: 2, bytesWritten: 0 });
+    expect(again.chunks!.dedupRatio).toBe(Number.POSITIVE_INFINITY);
+    // A manifest naming a chunk the store lost is refused, naming the chunk.
+    const manifest = JSON.parse(readFileSync(join(dir, MANIFEST_FILE), "utf8")) as { regions: { chunks: string[] }[] };
+    const lost = manifest.regions[1]!.chunks[0]!;
+    rmSync(join(store, "chunks", lost.slice(0, 2), lost), { force: true });
+    expectRefused(dir, "missing", lost);
   });
 
   test("memory files are private to the user", () => {

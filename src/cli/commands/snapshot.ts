@@ -1,11 +1,41 @@
 import { defineCommand } from "citty";
 import { resolve } from "node:path";
 import { SnapshotError } from "../../snapshot/format.ts";
-import { buildFromSnapshot, openSnapshot } from "../../vmm/snapshot.ts";
+import type { OpenedSnapshot } from "../../snapshot/files.ts";
+import { buildFromSnapshot, openSnapshot, openSnapshotBytes, type MachineState } from "../../vmm/snapshot.ts";
 import { kvmBackendWarning } from "../../diagnostics/host.ts";
-import { EXIT } from "../exit-codes.ts";
+import { EXIT, type ExitCode } from "../exit-codes.ts";
 import { CliError, printJson, rejectUnknownFlags, reportError, usageError } from "../output.ts";
 import { buildOrExplain, checkApiSocket, reportOutcome, runSession, terminalConsole } from "../vm-session.ts";
+
+/** A request to a running VM's control API; an unreachable socket is bad input (exit 2). */
+async function callVm(socket: string, path: string, init: RequestInit = {}): Promise<Response> {
+  try {
+    return await fetch(`http://volt${path}`, { ...init, unix: socket } as RequestInit);
+  } catch (error) {
+    throw new CliError("api-unreachable", `cannot reach a VM at ${socket}: ${(error as Error).message}`, EXIT.usage, { cause: error });
+  }
+}
+
+/** Builds the VM a checked snapshot describes and runs it like `volt run`; returns the exit status. */
+async function runRestored(
+  snapshot: OpenedSnapshot<MachineState>,
+  options: { json: boolean; startedAtMs: number; apiSocket: string | undefined },
+  extra: Record<string, unknown>,
+): Promise<ExitCode> {
+  await checkApiSocket(options.apiSocket);
+  const warning = kvmBackendWarning();
+  if (warning) process.stderr.write(`volt: warning: ${warning}\n`);
+  const restored = buildOrExplain(() => buildFromSnapshot(snapshot));
+  const restoreMs = performance.timeOrigin + performance.now() - options.startedAtMs;
+  const outcome = await runSession(restored.built, {
+    console: terminalConsole(options.json ? process.stderr : process.stdout),
+    startedAtMs: options.startedAtMs,
+    restore: restored.devices,
+    ...(options.apiSocket !== undefined ? { apiSocket: options.apiSocket } : {}),
+  });
+  return reportOutcome(outcome, restored.built, options.json, { ...extra, restoreMs });
+}
 
 function snapshotError(error: unknown): never {
   if (error instanceof SnapshotError) throw new CliError(`snapshot-${error.kind}`, error.message, EXIT.usage, { cause: error });
@@ -14,8 +44,10 @@ function snapshotError(error: unknown): never {
 
 const createArgs = {
   "api-socket": { type: "string", description: "The running VM's control socket (volt run --api-socket)", valueHint: "path", required: true },
-  dir: { type: "positional", description: "Directory to write the snapshot to (state.volt + memory.raw)", required: true },
+  dir: { type: "positional", description: "Directory to write the snapshot to (state.volt + memory.raw)", required: false },
   force: { type: "boolean", description: "Replace an existing snapshot (only once the new one is complete)", default: false },
+  "chunk-store": { type: "string", description: "Write memory as content-addressed 2 MiB chunks into this store (shared, deduplicated across snapshots)", valueHint: "dir" },
+  "in-memory": { type: "boolean", description: "Keep the snapshot in the VM's process (no disk); prints its id for `volt snapshot clone`", default: false },
   json: { type: "boolean", description: "One JSON document on stdout", default: false },
 } as const;
 
@@ -24,7 +56,8 @@ const createCommand = defineCommand({
     name: "create",
     description:
       "Snapshot a running VM: it pauses for the capture and then runs on.\n\n" +
-      "Example:\n  volt run --kernel vmlinux --initrd initrd.img --api-socket /tmp/vm.sock &\n  volt snapshot create --api-socket /tmp/vm.sock ./snap1\n\n" +
+      "Examples:\n  volt run --kernel vmlinux --initrd initrd.img --api-socket /tmp/vm.sock &\n  volt snapshot create --api-socket /tmp/vm.sock ./snap1\n" +
+      "  volt snapshot create --api-socket /tmp/vm.sock --in-memory     (prints an id: volt snapshot clone --from /tmp/vm.sock ID)\n\n" +
       "Exit status: 0 written, 2 bad input or the snapshot exists (use --force), 6 the VM could not be snapshotted.",
   },
   args: createArgs,
@@ -33,26 +66,31 @@ const createCommand = defineCommand({
     try {
       rejectUnknownFlags(rawArgs, createArgs);
       const socket = parsed["api-socket"];
-      let response: Response;
-      try {
-        response = await fetch("http://volt/snapshot/create", {
-          unix: socket,
-          method: "PUT",
-          body: JSON.stringify({ dir: resolve(parsed.dir), force: parsed.force }),
-        } as RequestInit);
-      } catch (error) {
-        throw new CliError("api-unreachable", `cannot reach a VM at ${socket}: ${(error as Error).message}`, EXIT.usage, { cause: error });
-      }
+      const inMemory = parsed["in-memory"];
+      if (inMemory === (parsed.dir !== undefined)) throw usageError("give a snapshot directory, or --in-memory (not both)");
+      const response = await callVm(socket, "/snapshot/create", {
+        method: "PUT",
+        body: JSON.stringify(
+          inMemory
+            ? { inMemory: true }
+            : { dir: resolve(parsed.dir!), force: parsed.force, ...(parsed["chunk-store"] ? { chunkStore: resolve(parsed["chunk-store"]) } : {}) },
+        ),
+      });
       const body = (await response.json().catch(() => ({}))) as { ok?: boolean; snapshot?: Record<string, unknown>; error?: { kind: string; message: string } };
       if (!response.ok || !body.ok) {
         const status = response.status >= 500 ? EXIT.vmFailed : EXIT.usage;
         throw new CliError(body.error?.kind ?? "api", body.error?.message ?? `the VM answered HTTP ${response.status}`, status);
       }
       if (json) printJson({ ok: true, snapshot: body.snapshot });
-      else {
-        const s = body.snapshot as { dir: string; memoryFileSize: number; memoryBytesWritten: number; pausedMs: number };
+      else if (inMemory) {
+        const m = body.snapshot as { id: string; memoryFileSize: number; pausedMs: number };
+        process.stdout.write(`${m.id}\n`);
+        process.stderr.write(`in-memory snapshot ${m.id}: ${(m.memoryFileSize / 2 ** 20).toFixed(0)} MiB, guest paused ${m.pausedMs.toFixed(0)} ms\n`);
+      } else {
+        const s = body.snapshot as { dir: string; memoryFileSize: number; memoryBytesWritten: number; pausedMs: number; chunks?: { store: string; bytesDeduplicated: number; dedupRatio: number } };
+        const dedup = s.chunks ? `, ${(s.chunks.bytesDeduplicated / 2 ** 20).toFixed(1)} MiB deduplicated in ${s.chunks.store} (ratio ${s.chunks.dedupRatio.toFixed(2)})` : ", the rest was zero";
         process.stdout.write(
-          `snapshot ${s.dir}: ${(s.memoryFileSize / 2 ** 20).toFixed(0)} MiB of guest memory (${(s.memoryBytesWritten / 2 ** 20).toFixed(1)} MiB written, the rest was zero), guest paused ${s.pausedMs.toFixed(0)} ms\n`,
+          `snapshot ${s.dir}: ${(s.memoryFileSize / 2 ** 20).toFixed(0)} MiB of guest memory (${(s.memoryBytesWritten / 2 ** 20).toFixed(1)} MiB written${dedup}), guest paused ${s.pausedMs.toFixed(0)} ms\n`,
         );
       }
     } catch (error) {
@@ -89,19 +127,49 @@ const restoreCommand = defineCommand({
       } catch (error) {
         snapshotError(error);
       }
-      const apiSocket = parsed["api-socket"];
-      await checkApiSocket(apiSocket);
-      const warning = kvmBackendWarning();
-      if (warning) process.stderr.write(`volt: warning: ${warning}\n`);
-      const restored = buildOrExplain(() => buildFromSnapshot(snapshot));
-      const restoreMs = performance.timeOrigin + performance.now() - startedAtMs;
-      const outcome = await runSession(restored.built, {
-        console: terminalConsole(json ? process.stderr : process.stdout),
-        startedAtMs,
-        restore: restored.devices,
-        ...(apiSocket !== undefined ? { apiSocket } : {}),
-      });
-      process.exitCode = reportOutcome(outcome, restored.built, json, { restoredFrom: snapshot.dir, restoreMs });
+      process.exitCode = await runRestored(snapshot, { json, startedAtMs, apiSocket: parsed["api-socket"] }, { restoredFrom: snapshot.dir });
+    } catch (error) {
+      process.exitCode = reportError(error, json);
+    }
+  },
+});
+
+const cloneArgs = {
+  from: { type: "string", description: "Control socket of the VM that holds the in-memory snapshot", valueHint: "path", required: true },
+  id: { type: "positional", description: "In-memory snapshot id (from volt snapshot create --in-memory)", required: true },
+  "api-socket": { type: "string", description: "Serve the clone's control API on this Unix socket", valueHint: "path" },
+  json: { type: "boolean", description: "Console to stderr; one JSON document with the outcome to stdout", default: false },
+} as const;
+
+const cloneCommand = defineCommand({
+  meta: {
+    name: "clone",
+    description:
+      "Start a VM from another volt's in-memory snapshot: its memory is mapped copy-on-write from that process's\n" +
+      "memfd (same user), nothing touches the disk. Console and exit statuses as volt run.\n\n" +
+      "Example:\n  id=$(volt snapshot create --api-socket /tmp/vm.sock --in-memory)\n  volt snapshot clone --from /tmp/vm.sock $id",
+  },
+  args: cloneArgs,
+  async run({ args: parsed, rawArgs }) {
+    const startedAtMs = performance.timeOrigin + performance.now();
+    const json = parsed.json;
+    try {
+      rejectUnknownFlags(rawArgs, cloneArgs);
+      const response = await callVm(parsed.from, `/snapshot/memory/${encodeURIComponent(parsed.id)}`);
+      if (!response.ok) {
+        const body = (await response.json().catch(() => ({}))) as { error?: { kind: string; message: string } };
+        throw new CliError(body.error?.kind ?? "api", body.error?.message ?? `the VM answered HTTP ${response.status}`, EXIT.usage);
+      }
+      const memoryPath = response.headers.get("volt-memory-path");
+      if (!memoryPath) throw new CliError("api", "the VM did not say where the snapshot's memory is", EXIT.usage);
+      const name = `${parsed.from}#${parsed.id}`;
+      let snapshot;
+      try {
+        snapshot = openSnapshotBytes(new Uint8Array(await response.arrayBuffer()), memoryPath, name);
+      } catch (error) {
+        snapshotError(error);
+      }
+      process.exitCode = await runRestored(snapshot, { json, startedAtMs, apiSocket: parsed["api-socket"] }, { clonedFrom: name });
     } catch (error) {
       process.exitCode = reportError(error, json);
     }
@@ -158,8 +226,8 @@ const inspectCommand = defineCommand({
 });
 
 export const snapshotCommand = defineCommand({
-  meta: { name: "snapshot", description: "Create, restore and inspect VM snapshots" },
-  subCommands: { create: createCommand, restore: restoreCommand, inspect: inspectCommand },
+  meta: { name: "snapshot", description: "Create, restore, clone and inspect VM snapshots" },
+  subCommands: { create: createCommand, restore: restoreCommand, clone: cloneCommand, inspect: inspectCommand },
   run({ rawArgs }) {
     if (rawArgs.length === 0) process.exitCode = reportError(usageError("volt snapshot needs a subcommand: create, restore or inspect (see --help)"), false);
   },

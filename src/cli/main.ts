@@ -2,6 +2,7 @@
 /** The `volt` command line. Each subcommand lives in commands/ and owns its flags and help text. */
 import { defineCommand, runMain } from "citty";
 import pkg from "../../package.json" with { type: "json" };
+import { imageCommand } from "./commands/image.ts";
 import { kernelCommand } from "./commands/kernel.ts";
 import { kvmCheckCommand } from "./commands/kvm-check.ts";
 import { runCommand } from "./commands/run.ts";
@@ -18,6 +19,7 @@ export const mainCommand = defineCommand({
     snapshot: snapshotCommand,
     "kvm-check": kvmCheckCommand,
     kernel: kernelCommand,
+    image: imageCommand,
   },
 });
 

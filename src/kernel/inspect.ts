@@ -152,21 +152,28 @@ function setupHeaderVersion(bytes: Uint8Array, bz: BzImageKernel): string | unde
 
 const BANNER = Buffer.from("Linux version ");
 
-/** The text after "Linux version " in linux_banner (release, builder, compiler, build), up to the newline. */
+/**
+ * The text after "Linux version " in linux_banner (release, builder, compiler,
+ * build), up to the newline. Kernels since 6.1 carry two banners: init/version.c's
+ * with an empty build number ("# SMP") and version-timestamp.c's real one
+ * ("#1 SMP"); the one with a number wins.
+ */
 function findBanner(bytes: Uint8Array): string | undefined {
   const haystack = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  let first: string | undefined;
   let at = haystack.indexOf(BANNER);
-  while (at >= 0) {
+  for (let found = 0; at >= 0 && found < 8; at = haystack.indexOf(BANNER, at + BANNER.length)) {
     const start = at + BANNER.length;
-    const first = haystack[start];
-    if (first !== undefined && first >= 0x30 && first <= 0x39) {
-      let end = start;
-      while (end < haystack.length && end - start < 512 && haystack[end]! >= 0x20 && haystack[end]! < 0x7f) end++;
-      return haystack.toString("latin1", start, end).trim();
-    }
-    at = haystack.indexOf(BANNER, start);
+    const lead = haystack[start];
+    if (lead === undefined || lead < 0x30 || lead > 0x39) continue;
+    let end = start;
+    while (end < haystack.length && end - start < 512 && haystack[end]! >= 0x20 && haystack[end]! < 0x7f) end++;
+    const banner = haystack.toString("latin1", start, end).trim();
+    if (/ #\d/.test(banner)) return banner;
+    first ??= banner;
+    found++;
   }
-  return undefined;
+  return first;
 }
 
 const IKCFG_ST = Buffer.from("IKCFG_ST");

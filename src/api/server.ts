@@ -3,6 +3,7 @@
  * main thread's event loop is free, since vCPUs and devices run on workers).
  *
  *   GET  /vm               describe the VM
+ *   GET  /metrics          exits per vCPU and kind, device counters, boot time, uptime
  *   PUT  /vm/pause         park every vCPU and quiesce devices
  *   PUT  /vm/resume
  *   PUT  /vm/stop          end the VM (outcome "signal", detail "stopped by the API")
@@ -24,17 +25,21 @@ import type { InMemorySnapshot } from "../snapshot/files.ts";
 import { snapshotVm, snapshotVmInMemory } from "../vmm/snapshot.ts";
 import type { RunningVm } from "../vmm/vmm.ts";
 
-const SnapshotRequest = v.union(
-  [
-    v.strictObject({
-      dir: v.pipe(v.string("dir must be a path"), v.nonEmpty("dir must not be empty")),
-      force: v.optional(v.boolean("force must be true or false")),
-      chunkStore: v.optional(v.pipe(v.string("chunkStore must be a path"), v.nonEmpty("chunkStore must not be empty"))),
-    }),
-    v.strictObject({ inMemory: v.literal(true, "inMemory must be true") }),
-  ],
+const DiskSnapshotRequest = v.strictObject(
+  {
+    dir: v.pipe(v.string("dir must be a path"), v.nonEmpty("dir must not be empty")),
+    force: v.optional(v.boolean("force must be true or false")),
+    chunkStore: v.optional(v.pipe(v.string("chunkStore must be a path"), v.nonEmpty("chunkStore must not be empty"))),
+  },
   'the body must be {"dir": PATH, "force"?: BOOL, "chunkStore"?: PATH} or {"inMemory": true}',
 );
+const MemorySnapshotRequest = v.strictObject({ inMemory: v.literal(true, "inMemory must be true") }, 'an in-memory snapshot takes only {"inMemory": true}');
+
+/** Field-level errors: the body says which kind of snapshot it wants, and is checked against that kind only. */
+function parseSnapshotRequest(body: unknown) {
+  const wantsMemory = typeof body === "object" && body !== null && "inMemory" in body;
+  return wantsMemory ? v.safeParse(MemorySnapshotRequest, body) : v.safeParse(DiskSnapshotRequest, body);
+}
 
 export class ApiSocketError extends Error {
   override name = "ApiSocketError";
@@ -96,6 +101,7 @@ function failure(status: number, kind: string, message: string): Response {
 
 const ROUTES: Record<string, readonly string[]> = {
   "/vm": ["GET"],
+  "/metrics": ["GET"],
   "/vm/pause": ["PUT"],
   "/vm/resume": ["PUT"],
   "/vm/stop": ["PUT"],
@@ -119,6 +125,7 @@ async function handle(request: Request, context: Context): Promise<Response> {
   if (!methods) return failure(404, "not-found", `no endpoint ${pathname} (endpoints: ${Object.keys(ROUTES).join(", ")})`);
   if (!methods.includes(request.method)) return failure(405, "method", `${pathname} takes ${methods.join(", ")}, not ${request.method}`);
   if (pathname === "/vm") return reply(200, describe(vm));
+  if (pathname === "/metrics") return reply(200, await vm.metrics());
   if (vm.state === "stopping") return failure(409, "state", "the VM is stopping");
   try {
     switch (pathname) {
@@ -134,7 +141,7 @@ async function handle(request: Request, context: Context): Promise<Response> {
       case "/snapshot/create": {
         const body = await jsonBody(request);
         if (body instanceof Response) return body;
-        const parsed = v.safeParse(SnapshotRequest, body);
+        const parsed = parseSnapshotRequest(body);
         if (!parsed.success) return failure(400, "bad-request", parsed.issues.map((i) => i.message).join("; "));
         if ("inMemory" in parsed.output) {
           const snapshot = await snapshotVmInMemory(vm);

@@ -7,6 +7,7 @@
 import type { BootTimerState } from "../devices/legacy/boot-timer.ts";
 import type { SerialState } from "../devices/legacy/serial.ts";
 import type { VirtioShared } from "../devices/virtio/io-thread.ts";
+import type { ExitCounterState } from "./exit-counters.ts";
 import type { VcpuHandle } from "../kvm/vcpu.ts";
 
 export type ExitRecord =
@@ -35,6 +36,8 @@ export interface MachineShared {
   readonly virtio: VirtioShared;
   /** Present when the VM maps the boot-timer device. */
   readonly bootTimer?: BootTimerState;
+  /** Exits per vCPU and kind, for metrics. */
+  readonly exitCounters: ExitCounterState;
 }
 
 export interface StartMessage {

@@ -8,6 +8,7 @@ import { gettid } from "../ffi/syscalls.ts";
 import { KVM_EXIT, KVM_EXIT_IO_OUT, exitReasonName, kvm_run } from "../kvm/abi.ts";
 import { RUN_INTERRUPTED, Vcpu } from "../kvm/vcpu.ts";
 import { buildMachineDevices } from "../vmm/machine.ts";
+import { EXIT_INTERRUPTED, EXIT_IO, EXIT_MMIO, EXIT_OTHER, exitCounterRow } from "./exit-counters.ts";
 import { COMMAND_PAUSE, COMMAND_STOP, CONTROL_COMMAND, type ExitRecord, type FinishReason, type FromWorker, type MachineShared, type StartMessage, type ToWorker } from "./protocol.ts";
 
 declare const self: Worker;
@@ -74,6 +75,7 @@ function runMachineLoop(start: StartMessage, machine: MachineShared): { reason: 
   });
   const run = vcpu.run;
   const runBytes = vcpu.runBytes;
+  const exits = exitCounterRow(machine.exitCounters, start.vcpu.id);
   const mmioData = runBytes.subarray(kvm_run.fields["mmio.data"].offset, kvm_run.fields["mmio.data"].offset + 8);
   for (;;) {
     const command = Atomics.load(control, CONTROL_COMMAND);
@@ -85,8 +87,10 @@ function runMachineLoop(start: StartMessage, machine: MachineShared): { reason: 
     const reason = vcpu.enter();
     switch (reason) {
       case RUN_INTERRUPTED:
+        exits[EXIT_INTERRUPTED]!++;
         continue;
       case KVM_EXIT.KVM_EXIT_IO: {
+        exits[EXIT_IO]!++;
         const size = run.get("io.size");
         const count = run.get("io.count");
         const port = run.get("io.port");
@@ -105,6 +109,7 @@ function runMachineLoop(start: StartMessage, machine: MachineShared): { reason: 
         break;
       }
       case KVM_EXIT.KVM_EXIT_MMIO: {
+        exits[EXIT_MMIO]!++;
         const length = run.get("mmio.len");
         if (length < 1 || length > 8) return { reason: "error", exits: [describeExit(vcpu, reason)] };
         const address = Number(run.get("mmio.phys_addr"));
@@ -114,6 +119,7 @@ function runMachineLoop(start: StartMessage, machine: MachineShared): { reason: 
         break;
       }
       case KVM_EXIT.KVM_EXIT_SHUTDOWN:
+        exits[EXIT_OTHER]!++;
         return { reason: "shutdown", exits: [], state: cpuStateSummary(vcpu) };
       case KVM_EXIT.KVM_EXIT_HLT:
         return { reason: "hlt", exits: [] };

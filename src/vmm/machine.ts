@@ -14,11 +14,14 @@ import type { VirtioShared } from "../devices/virtio/io-thread.ts";
 import { VIRTIO_MMIO_SPAN, VirtioMmioTransport } from "../devices/virtio/mmio.ts";
 import { signalEventfd } from "../ffi/syscalls.ts";
 import { Vm } from "../kvm/vm.ts";
+import { createExitCounters } from "../vcpu/exit-counters.ts";
 import type { MachineShared } from "../vcpu/protocol.ts";
 
 export interface MachineOptions {
   /** Map the boot-timer device (off by default: it is for benchmarks, and an unused device is attack surface). */
   readonly bootTimer?: boolean;
+  /** How many vCPUs will count their exits (default 1). */
+  readonly vcpus?: number;
 }
 
 /** `restore` (from a snapshot) overwrites the fresh device state with what the guest left. */
@@ -36,7 +39,7 @@ export function createMachineShared(
     new Int32Array(serial.buffer, 0, 1)[0] = 0;
     if (bootTimer && restore.bootTimer) copyState(bootTimer.buffer, restore.bootTimer, "boot timer");
   }
-  return { vmFd, serial, virtio, ...(bootTimer ? { bootTimer } : {}) };
+  return { vmFd, serial, virtio, exitCounters: createExitCounters(options.vcpus ?? 1), ...(bootTimer ? { bootTimer } : {}) };
 }
 
 function copyState(target: SharedArrayBuffer, saved: Uint8Array, what: string): void {

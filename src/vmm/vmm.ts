@@ -14,6 +14,7 @@ import type { Finished } from "../vcpu/vcpu-thread.ts";
 import { VcpuThread } from "../vcpu/vcpu-thread.ts";
 import { IoThread, type VirtioDeviceState } from "../devices/virtio/io-thread.ts";
 import type { MachineShared } from "../vcpu/protocol.ts";
+import { readExitCounters, type ExitKind } from "../vcpu/exit-counters.ts";
 import type { BuiltVm } from "./builder.ts";
 import { buildMachineDevices, createMachineShared } from "./machine.ts";
 
@@ -54,6 +55,16 @@ const STOP_GRACE_MS = 5000;
 
 export type VmRunState = "running" | "paused" | "stopping";
 
+export interface VmMetrics {
+  readonly state: VmRunState;
+  readonly uptimeMs: number;
+  readonly bootTimeMs?: number;
+  /** Exits that reached Volt (port I/O, MMIO, others); kicks out of KVM_RUN are counted apart, as "interrupted". */
+  readonly exitsTotal: number;
+  readonly vcpus: readonly { readonly id: number; readonly exits: Record<ExitKind, number> }[];
+  readonly devices: readonly object[];
+}
+
 /** Everything the guest left in Volt's devices, for a snapshot (or from one, to restore). */
 export interface DeviceSnapshot {
   readonly serial: Uint8Array;
@@ -86,6 +97,8 @@ export class RunningVm {
     io: IoThread | undefined,
     outcome: Promise<VmOutcome>,
     end: (result: { kind: OutcomeKind; detail: string }) => void,
+    private readonly startedAtMs: number,
+    private readonly timing: { bootTimeMs?: number },
   ) {
     this.built = built;
     this.shared = shared;
@@ -101,8 +114,8 @@ export class RunningVm {
   }
 
   static async start(built: BuiltVm, options: RunOptions): Promise<RunningVm> {
-    const shared = createMachineShared(built.vm.fd, built.virtio, { bootTimer: built.config.bootTimer ?? false }, options.restore);
-    let bootTimeMs: number | undefined;
+    const shared = createMachineShared(built.vm.fd, built.virtio, { bootTimer: built.config.bootTimer ?? false, vcpus: built.vcpus.length }, options.restore);
+    const timing: { bootTimeMs?: number } = {};
     let consoleTail = "";
     let consoleVerdict: { kind: OutcomeKind; detail: string } | undefined;
     const ended = Promise.withResolvers<{ kind: OutcomeKind; detail: string }>();
@@ -153,7 +166,7 @@ export class RunningVm {
         const thread = await VcpuThread.start(handle, {
           machine: shared,
           onBoot: (atMs) => {
-            bootTimeMs ??= atMs - options.startedAtMs;
+            timing.bootTimeMs ??= atMs - options.startedAtMs;
           },
         });
         threads.push(thread);
@@ -180,7 +193,7 @@ export class RunningVm {
         const final = consoleVerdict?.kind === "panic" ? consoleVerdict : result;
         return {
           ...final,
-          ...(bootTimeMs !== undefined ? { bootTimeMs } : {}),
+          ...(timing.bootTimeMs !== undefined ? { bootTimeMs: timing.bootTimeMs } : {}),
           ...(ioResult ? { deviceStats: ioResult.stats } : {}),
           ...(io && io.deviceErrors.length > 0 ? { deviceErrors: io.deviceErrors } : {}),
         };
@@ -188,7 +201,7 @@ export class RunningVm {
         cleanup();
       }
     })();
-    return new RunningVm(built, shared, threads, io, outcome, (result) => ended.resolve(result));
+    return new RunningVm(built, shared, threads, io, outcome, (result) => ended.resolve(result), options.startedAtMs, timing);
   }
 
   /** Every vCPU parked outside KVM_RUN and every device quiesced. */
@@ -237,6 +250,20 @@ export class RunningVm {
       ...(this.shared.bootTimer ? { bootTimer: new Uint8Array(this.shared.bootTimer.buffer).slice() } : {}),
       virtioTransports: this.built.virtio.slots.map((slot) => new Uint8Array(slot.transport.buffer).slice()),
       virtioDevices: this.pausedDevices,
+    };
+  }
+
+  /** Counters for operators: exits per vCPU and kind, each device's counters, boot time, uptime. */
+  async metrics(): Promise<VmMetrics> {
+    const vcpus = readExitCounters(this.shared.exitCounters);
+    const exitsTotal = vcpus.reduce((sum, row) => sum + row.io + row.mmio + row.other, 0);
+    return {
+      state: this.runState,
+      uptimeMs: performance.timeOrigin + performance.now() - this.startedAtMs,
+      ...(this.timing.bootTimeMs !== undefined ? { bootTimeMs: this.timing.bootTimeMs } : {}),
+      exitsTotal,
+      vcpus: vcpus.map((exits, id) => ({ id, exits })),
+      devices: (await this.io?.stats()) ?? [],
     };
   }
 

@@ -24,6 +24,9 @@ function fakeVm() {
       calls.push("resume");
       vm.state = "running";
     },
+    async metrics() {
+      return { state: vm.state, uptimeMs: 5, exitsTotal: 7, vcpus: [], devices: [{ kind: "rng", requests: 1, bytes: 8 }] };
+    },
     stop(kind: string, detail: string) {
       calls.push(`stop ${kind} ${detail}`);
       vm.state = "stopping";
@@ -44,6 +47,7 @@ describe("control API", () => {
     const server = await startApiServer(socket, vm as unknown as RunningVm);
     try {
       expect(await call(socket, "GET", "/vm")).toMatchObject({ status: 200, body: { state: "running", vcpus: 2, memoryMiB: 256, acpi: true } });
+      expect(await call(socket, "GET", "/metrics")).toMatchObject({ status: 200, body: { exitsTotal: 7, devices: [{ kind: "rng" }] } });
       expect(await call(socket, "PUT", "/vm/pause")).toMatchObject({ status: 200, body: { state: "paused" } });
       expect(await call(socket, "PUT", "/vm/resume")).toMatchObject({ status: 200, body: { state: "running" } });
 

@@ -113,8 +113,13 @@ describe("virtio I/O thread", () => {
     expect(memory.readU32(USED + 12 + 4)).toBe(32);
   });
 
+  test("counters can be read while the thread runs and while it is paused", async () => {
+    expect(await io.stats()).toEqual([{ kind: "rng", requests: 2, bytes: 64 + 32 }]);
+  });
+
   test("pause reports where each queue stands and serves nothing until resume", async () => {
     const states = await io.pause();
+    expect(await io.stats()).toEqual([{ kind: "rng", requests: 2, bytes: 64 + 32 }]);
     expect(states).toEqual([{ active: true, queues: [{ lastAvailIndex: 2, nextUsedIndex: 2 }] }]);
     driverQueuesBuffer(2, 8);
     drainEventfd(slot.irqEventFd);

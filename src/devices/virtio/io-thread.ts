@@ -53,10 +53,14 @@ export type FromIoWorker =
   | { readonly type: "started" }
   | { readonly type: "paused"; readonly devices: readonly VirtioDeviceState[] }
   | { readonly type: "resumed" }
+  | { readonly type: "stats"; readonly stats: readonly object[] }
   | { readonly type: "device-error"; readonly slot: number; readonly message: string }
   | { readonly type: "finished"; readonly stats: readonly object[]; readonly error?: string };
 
 export const IO_CONTROL_COMMAND = 0;
+/** Bumped by the VMM thread to ask for the devices' counters (answered with a "stats" message). */
+export const IO_CONTROL_STATS_REQUEST = 1;
+const IO_CONTROL_WORDS = 2;
 export const IO_RUN = 0;
 export const IO_STOP = 1;
 /** Finish the current round, report every device's state and sleep until IO_RUN or IO_STOP. */
@@ -65,6 +69,7 @@ export const IO_PAUSE = 2;
 interface IoWaiters {
   readonly paused: ((devices: readonly VirtioDeviceState[]) => void)[];
   readonly resumed: (() => void)[];
+  readonly stats: ((stats: readonly object[]) => void)[];
   ended: boolean;
 }
 
@@ -102,16 +107,17 @@ export class IoThread {
     restore?: readonly VirtioDeviceState[],
   ): Promise<IoThread> {
     const worker = new Worker(workerUrl("io"));
-    const controlBuffer = new SharedArrayBuffer(4);
+    const controlBuffer = new SharedArrayBuffer(IO_CONTROL_WORDS * 4);
     const started = Promise.withResolvers<void>();
     const finished = Promise.withResolvers<{ stats: readonly object[]; error?: string }>();
     const errors: string[] = [];
-    const waiters: IoWaiters = { paused: [], resumed: [], ended: false };
+    const waiters: IoWaiters = { paused: [], resumed: [], stats: [], ended: false };
     worker.onmessage = (event: MessageEvent<FromIoWorker>) => {
       const message = event.data;
       if (message.type === "started") started.resolve();
       else if (message.type === "paused") for (const wake of waiters.paused.splice(0)) wake(message.devices);
       else if (message.type === "resumed") for (const wake of waiters.resumed.splice(0)) wake();
+      else if (message.type === "stats") for (const wake of waiters.stats.splice(0)) wake(message.stats);
       else if (message.type === "device-error") {
         const text = `virtio device ${message.slot}: ${message.message}`;
         errors.push(text);
@@ -120,6 +126,7 @@ export class IoThread {
         waiters.ended = true;
         for (const wake of waiters.paused.splice(0)) wake([]);
         for (const wake of waiters.resumed.splice(0)) wake();
+        for (const wake of waiters.stats.splice(0)) wake(message.stats);
         finished.resolve({ stats: message.stats, ...(message.error !== undefined ? { error: message.error } : {}) });
         started.reject(new Error(message.error ?? "the virtio I/O thread ended before starting"));
       }
@@ -148,6 +155,16 @@ export class IoThread {
     Atomics.store(this.control, IO_CONTROL_COMMAND, IO_PAUSE);
     signalEventfd(this.controlEventFd);
     return parked;
+  }
+
+  /** Each device's counters as they are now (answered between rounds of I/O, and while paused). */
+  stats(): Promise<readonly object[]> {
+    if (this.waiters.ended) return Promise.resolve([]);
+    const answered = new Promise<readonly object[]>((resolve) => this.waiters.stats.push(resolve));
+    Atomics.add(this.control, IO_CONTROL_STATS_REQUEST, 1);
+    Atomics.notify(this.control, IO_CONTROL_COMMAND);
+    signalEventfd(this.controlEventFd);
+    return answered;
   }
 
   resume(): Promise<void> {

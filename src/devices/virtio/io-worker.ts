@@ -8,6 +8,7 @@ import { VIRTIO_F_RING_EVENT_IDX, featureBit, type QueueHandle } from "./device.
 import { createVirtioDevice, type LiveVirtioDevice } from "./factory.ts";
 import {
   IO_CONTROL_COMMAND,
+  IO_CONTROL_STATS_REQUEST,
   IO_PAUSE,
   IO_STOP,
   type FromIoWorker,
@@ -162,6 +163,14 @@ function serve(start: IoStartMessage): readonly object[] {
       fixedOwners.push({ device, queue });
     });
   }
+  const statsOf = () => devices.map((device) => ({ kind: device.slot.spec.kind, ...device.device.stats }));
+  let statsAnswered = 0;
+  const answerStats = () => {
+    const requested = Atomics.load(control, IO_CONTROL_STATS_REQUEST);
+    if (requested === statsAnswered) return;
+    statsAnswered = requested;
+    post({ type: "stats", stats: statsOf() });
+  };
   post({ type: "started" });
   try {
     for (;;) {
@@ -177,12 +186,17 @@ function serve(start: IoStartMessage): readonly object[] {
       if (Atomics.load(control, IO_CONTROL_COMMAND) === IO_PAUSE) {
         // The ring positions reported are those after every request taken so far was completed.
         post({ type: "paused", devices: devices.map((device) => device.state()) });
-        while (Atomics.load(control, IO_CONTROL_COMMAND) === IO_PAUSE) Atomics.wait(control, IO_CONTROL_COMMAND, IO_PAUSE);
+        // Metrics are still answered while paused (a stats request wakes the wait too).
+        while (Atomics.load(control, IO_CONTROL_COMMAND) === IO_PAUSE) {
+          answerStats();
+          Atomics.wait(control, IO_CONTROL_COMMAND, IO_PAUSE, 1000);
+        }
         if (Atomics.load(control, IO_CONTROL_COMMAND) !== IO_STOP) post({ type: "resumed" });
         // Whatever arrived meanwhile is still pending on its eventfd: the next poll sees it.
         continue;
       }
       if (Atomics.load(control, IO_CONTROL_COMMAND) === IO_STOP) break;
+      answerStats();
       if (revents[0]) {
         drainEventfd(entries[0]!.fd);
         for (const device of devices) device.syncStatus();
@@ -201,7 +215,7 @@ function serve(start: IoStartMessage): readonly object[] {
   } finally {
     for (const device of devices) device.device.close?.();
   }
-  return devices.map((device) => ({ kind: device.slot.spec.kind, ...device.device.stats }));
+  return statsOf();
 }
 
 self.onmessage = (event: MessageEvent<IoStartMessage>) => {

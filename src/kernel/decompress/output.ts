@@ -19,7 +19,8 @@ export class Output {
   constructor(format: string, limit: number, expected?: number) {
     this.format = format;
     this.limit = limit;
-    this.buf = new Uint8Array(Math.min(limit, expected ?? 1 << 20));
+    // The first allocation trusts `expected` only so far: a hostile size word must not cost a gigabyte up front.
+    this.buf = new Uint8Array(Math.min(limit, expected ?? 1 << 20, 128 << 20));
   }
 
   /** Makes room for `n` more bytes or throws when that would pass the limit. */

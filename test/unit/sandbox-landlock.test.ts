@@ -381,13 +381,13 @@ function childEnv(extra: Record<string, string> = {}) {
   };
 }
 
-function expectSandboxed(child: ReturnType<typeof Bun.spawnSync>) {
+function expectSandboxed(child: ReturnType<typeof Bun.spawnSync>, abi = hostAbi) {
   const stdout = child.stdout?.toString() ?? "";
   expect({ exit: child.exitCode, stderr: child.stderr?.toString() ?? "" }).toEqual({ exit: 0, stderr: "" });
   const report = JSON.parse(stdout.trim().split("\n").at(-1)!);
   expect(report).toMatchObject({
     sandboxed: true,
-    abi: String(hostAbi),
+    abi: String(abi),
     argv: ["one", "two words"],
     main: { allowedSync: "ok", allowedAsync: "ok", forbiddenSync: "EACCES", forbiddenAsync: "EACCES" },
     worker: { allowedSync: "ok", forbiddenSync: "EACCES", forbiddenAsync: "EACCES" },
@@ -400,6 +400,15 @@ describe.skipIf(!host.available)("restrict and re-exec (every thread inside the 
     const child = Bun.spawnSync([process.execPath, CHILD, "one", "two words"], { env: childEnv(), stdout: "pipe", stderr: "pipe" });
     const report = expectSandboxed(child);
     expect(report.tmpdir).toBe(process.env.TMPDIR ?? null);
+  }, 30_000);
+
+  test("planned for ABI 2 (the nested L1 kernel's), the older ruleset still confines every thread", () => {
+    const child = Bun.spawnSync([process.execPath, CHILD, "one", "two words"], {
+      env: childEnv({ SANDBOX_FAKE_ABI: "2" }),
+      stdout: "pipe",
+      stderr: "pipe",
+    });
+    expectSandboxed(child, 2);
   }, 30_000);
 
   test("as a compiled binary (process.execPath is the program; the C shim comes from the private runtime directory)", () => {

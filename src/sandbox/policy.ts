@@ -22,6 +22,9 @@
  *   - read  the source tree, when running from source: Bun's resolver lists
  *           directories and reads package.json, tsconfig.json, node_modules;
  *   - read  /etc/localtime (optional): local time in messages.
+ * From source, `prepareRuntime` also turns off Bun's transpiler cache for the
+ * re-exec'd process (it would create files in ~/.bun when a worker loads a
+ * large module: EACCES under Landlock, SIGSYS under seccomp).
  * Left out on purpose (Bun copes with EACCES and falls back): /etc/ld.so.cache
  * (the loader then searches its default directories), /proc/sys/vm/*,
  * /sys/kernel/mm/transparent_hugepage, /sys/devices/system/cpu/online,
@@ -167,7 +170,7 @@ function ownRuntimeDir(base: string): string {
 
 export interface PreparedRuntime {
   readonly facts: RuntimeFacts;
-  /** Environment additions for the re-exec'd process (TMPDIR, for a compiled binary). */
+  /** Environment additions for the re-exec'd process: TMPDIR (compiled), no transpiler cache (from source). */
   readonly env: Readonly<Record<string, string>>;
 }
 
@@ -177,9 +180,14 @@ export interface PreparedRuntime {
  * re-exec'd process find them there. Call before restricting.
  */
 export function prepareRuntime(facts: RuntimeFacts = runtimeFacts(), base: string = tmpdir()): PreparedRuntime {
+  // From source, Bun caches the transpiled output of modules over 50 KB in
+  // ~/.bun/install/cache, creating files (O_CREAT) whenever a worker loads one
+  // for the first time: under the seccomp policy that is SIGSYS, under
+  // Landlock EACCES. The variable only takes effect at start-up, hence here.
+  const sourceEnv: Record<string, string> = facts.sourceRoot !== undefined ? { BUN_RUNTIME_TRANSPILER_CACHE_PATH: "0" } : {};
   const realBase = realOrSelf(base);
   const extracted = extractedLibraries(facts.mappedFiles, realBase);
-  if (extracted.length === 0) return { facts, env: {} };
+  if (extracted.length === 0) return { facts, env: sourceEnv };
   const dir = ownRuntimeDir(realBase);
   for (const file of extracted) {
     const copy = join(dir, basename(file));
@@ -191,7 +199,7 @@ export function prepareRuntime(facts: RuntimeFacts = runtimeFacts(), base: strin
   }
   return {
     facts: { ...facts, mappedFiles: facts.mappedFiles.filter((file) => !extracted.includes(file)), runtimeDir: dir },
-    env: { TMPDIR: dir },
+    env: { ...sourceEnv, TMPDIR: dir },
   };
 }
 

@@ -321,8 +321,12 @@ describe("the VM policy's runtime entries", () => {
     // A runtime directory others can write to is refused.
     chmodSync(dir, 0o777);
     expect(() => prepareRuntime(facts, base)).toThrow(RuntimeDirError);
-    // From source nothing is extracted: no runtime directory, no TMPDIR.
+    // Nothing extracted: no runtime directory, no TMPDIR.
     expect(prepareRuntime({ ...facts, mappedFiles: ["/lib/libc.so.6"] }, base).env).toEqual({});
+    // From source, Bun's transpiler cache (which creates files) is switched off for the re-exec'd process.
+    expect(prepareRuntime({ ...facts, mappedFiles: ["/lib/libc.so.6"], sourceRoot: "/src/volt" }, base).env).toEqual({
+      BUN_RUNTIME_TRANSPILER_CACHE_PATH: "0",
+    });
   });
 
   test("a VM's policy: its files, /dev/kvm, the tap device, socket and snapshot directories, then the runtime", () => {

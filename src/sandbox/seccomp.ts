@@ -11,9 +11,10 @@
  * with strace and with a logging filter (`installSeccomp(policy, { log:
  * true })`, then `dmesg | grep type=1326`), plus every system call Volt's own
  * code makes (src/ffi/*). It covers a VM's life after the filter goes on:
- * running, devices, pause/resume, snapshots (to memory; to disk only with
- * `snapshotsToDisk`), shutdown. Start-up (dlopen, opening /dev/kvm, reading
- * the kernel) happens before.
+ * running, devices, pause/resume, snapshots (to memory; to disk and the chunk
+ * store only with `snapshotsToDisk`), a rotating console log (only with
+ * `consoleLog`), shutdown. Start-up (dlopen, opening /dev/kvm, reading the
+ * kernel, spawning anything) happens before.
  */
 import { KVM_IOCTL } from "../kvm/abi.ts";
 import { BLKGETSIZE64 } from "../devices/virtio/block-backend.ts";
@@ -153,6 +154,7 @@ export const X86_64_SYSCALLS = {
   renameat: 264,
   linkat: 265,
   readlinkat: 267,
+  utimensat: 280,
   faccessat: 269,
   ppoll: 271,
   unshare: 272,
@@ -265,10 +267,13 @@ export interface VmmSeccompOptions {
   readonly pid?: number;
   /**
    * Snapshots written to a directory at run time (the API's snapshot/create
-   * with a dir) make a directory, create files and rename: allow mkdir,
-   * rename, rmdir and O_CREAT. Off by default.
+   * with a dir, and the chunk store) make directories, create files, rename,
+   * hard-link and touch them: allow mkdir, rmdir, rename, link, utimensat and
+   * O_CREAT. Off by default.
    */
   readonly snapshotsToDisk?: boolean;
+  /** A console log file that is created and rotated (renamed) at run time: allow O_CREAT and rename. Off by default. */
+  readonly consoleLog?: boolean;
   /** More ioctl request numbers to allow (each with a name, for the listing). */
   readonly extraIoctls?: Readonly<Record<string, number>>;
 }
@@ -297,9 +302,10 @@ export function vmmSeccompPolicy(options: VmmSeccompOptions = {}): SeccompPolicy
   const ioctls = vmmIoctls(options.extraIoctls);
   const ioctlNames = new Map<bigint, string>();
   for (const [name, value] of ioctls) if (!ioctlNames.has(BigInt(value))) ioctlNames.set(BigInt(value), name);
-  // Without snapshots to disk nothing is ever created: open calls may not carry O_CREAT or O_TMPFILE.
+  // Unless snapshots or a console log are written, nothing is ever created: open calls may not carry O_CREAT or O_TMPFILE.
+  const createsFiles = options.snapshotsToDisk === true || options.consoleLog === true;
   const noCreate = (flagsArg: 1 | 2): { cases?: RuleCase[] } =>
-    options.snapshotsToDisk ? {} : { cases: [{ when: [{ arg: flagsArg, width: 32, op: "masked-eq", mask: CREATE_FLAGS, value: 0 }] }] };
+    createsFiles ? {} : { cases: [{ when: [{ arg: flagsArg, width: 32, op: "masked-eq", mask: CREATE_FLAGS, value: 0 }] }] };
   const entries: SeccompEntry[] = [
     // memory
     allow("mmap", "guest RAM, vCPU run areas, memory files; JSC heaps and JIT code"),
@@ -391,14 +397,14 @@ export function vmmSeccompPolicy(options: VmmSeccompOptions = {}): SeccompPolicy
     allow("fstatfs", "Bun's fs"),
     {
       syscall: "openat",
-      why: options.snapshotsToDisk
-        ? "opening files (where: Landlock decides)"
+      why: createsFiles
+        ? "opening and creating files (where: Landlock decides)"
         : "opening existing files only: no O_CREAT/O_TMPFILE (where: Landlock decides)",
       ...noCreate(2),
     },
     {
       syscall: "open",
-      why: options.snapshotsToDisk ? "Bun's legacy open of /proc files" : "Bun's legacy open of /proc files: no O_CREAT/O_TMPFILE",
+      why: createsFiles ? "Bun's legacy open of /proc files" : "Bun's legacy open of /proc files: no O_CREAT/O_TMPFILE",
       ...noCreate(1),
     },
     allow("access", "existence checks"),
@@ -464,17 +470,22 @@ export function vmmSeccompPolicy(options: VmmSeccompOptions = {}): SeccompPolicy
     allow("getgid", "identity checks"),
     allow("getegid", "identity checks"),
   ];
+  if (createsFiles) {
+    const why = options.snapshotsToDisk ? "moving a finished snapshot or chunk into place; rotating the console log" : "rotating the console log";
+    entries.push(allow("rename", why), allow("renameat", why), allow("renameat2", why));
+  }
   if (options.snapshotsToDisk) {
     entries.push(
-      allow("mkdir", "snapshot directories (written beside the target, then renamed)"),
+      allow("mkdir", "snapshot directories (written beside the target, then renamed) and chunk-store fan-out"),
       allow("mkdirat", "snapshot directories"),
       allow("rmdir", "removing a failed or replaced snapshot"),
-      allow("rename", "moving a finished snapshot into place"),
-      allow("renameat", "moving a finished snapshot into place"),
-      allow("renameat2", "moving a finished snapshot into place"),
+      allow("link", "the chunk store names a finished chunk by hard link (never replacing one)"),
+      allow("linkat", "the chunk store's hard links"),
+      allow("utimensat", "the chunk store refreshes a reused chunk's mtime (garbage collection)"),
     );
   }
-  return { name: options.snapshotsToDisk ? "vmm+snapshots-to-disk" : "vmm", defaultAction: ACTION.killProcess, entries };
+  const name = ["vmm", ...(options.snapshotsToDisk ? ["snapshots-to-disk"] : []), ...(options.consoleLog ? ["console-log"] : [])].join("+");
+  return { name, defaultAction: ACTION.killProcess, entries };
 }
 
 // ---------------------------------------------------------------- compile and install

@@ -77,7 +77,7 @@ describe("the VMM allowlist", () => {
       "pivot_root", "chroot", "unshare", "setns", "bpf", "perf_event_open", "userfaultfd", "io_uring_setup",
       "io_uring_enter", "io_uring_register", "kexec_load", "init_module", "finit_module", "reboot", "keyctl",
       "add_key", "kill", "tkill", "personality", "setuid", "mknod", "mknodat", "chmod", "chown", "link", "linkat",
-      "symlink", "mkdir", "mkdirat", "rmdir", "rename", "renameat", "renameat2", "seccomp", "pidfd_open",
+      "symlink", "mkdir", "mkdirat", "rmdir", "rename", "renameat", "renameat2", "utimensat", "seccomp", "pidfd_open",
       "pidfd_getfd", "open_tree", "move_mount", "fsopen", "openat2", "landlock_create_ruleset", "wait4", "chdir",
       "arch_prctl",
     ];
@@ -139,9 +139,15 @@ describe("the VMM allowlist", () => {
     expect(verdict("open", [0x1000, O_CREAT | 1])).toBe(KILL);
     expect(verdict("mkdir")).toBe(KILL);
     expect(verdict("openat", [-100, 0x1000, O_RDWR | O_CREAT], withSnapshots)).toBe(ALLOW);
-    for (const name of ["mkdir", "mkdirat", "rmdir", "rename", "renameat", "renameat2"] as const) {
+    for (const name of ["mkdir", "mkdirat", "rmdir", "rename", "renameat", "renameat2", "link", "linkat", "utimensat"] as const) {
       expect(verdict(name, [], withSnapshots)).toBe(ALLOW);
     }
+    // A rotated console log creates and renames files, and nothing more.
+    const withLog = compilePolicy(vmmSeccompPolicy({ pid: PID, consoleLog: true }));
+    expect(verdict("openat", [-100, 0x1000, O_RDWR | O_CREAT], withLog)).toBe(ALLOW);
+    expect(verdict("rename", [], withLog)).toBe(ALLOW);
+    for (const name of ["mkdir", "rmdir", "link", "utimensat"] as const) expect(verdict(name, [], withLog)).toBe(KILL);
+    expect(vmmSeccompPolicy({ snapshotsToDisk: true, consoleLog: true }).name).toBe("vmm+snapshots-to-disk+console-log");
   });
 
   test("describePolicy lists every call with its reason, and names ioctl requests", () => {

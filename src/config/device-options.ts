@@ -1,8 +1,8 @@
 /**
  * Devices on the command line, in the key=value style QEMU and Cloud
  * Hypervisor users know:
- *   --drive path=IMAGE[,ro][,root][,id=SERIAL]
- *   --net tap=NAME[,mac=52:54:00:12:34:56]
+ *   --drive path=IMAGE[,ro][,root][,id=SERIAL][,bps=BYTES_PER_S][,iops=N]
+ *   --net tap=NAME[,mac=52:54:00:12:34:56][,rx-bps=N][,tx-bps=N]
  *   --vsock cid=N,uds=PATH
  * A path that contains a comma needs the config file instead.
  */
@@ -27,13 +27,21 @@ function keyValues(option: string, text: string, known: readonly string[]): Map<
   return entries;
 }
 
+/** "bps=1048576": a bucket of that many tokens refilling every second. */
+function perSecond(option: string, text: string, key: string, value: string | undefined) {
+  if (value === undefined || !/^\d+$/.test(value) || Number(value) < 1) throw new DriveOptionError(`--${option} '${text}': ${key}= must be a whole number above 0`);
+  return { size: Number(value), refillTimeMs: 1000 };
+}
+
 export function parseNetOption(text: string): NetSpec {
-  const entries = keyValues("net", text, ["tap", "mac"]);
+  const entries = keyValues("net", text, ["tap", "mac", "rx-bps", "tx-bps"]);
   const tap = entries.get("tap");
   if (!tap) throw new DriveOptionError(`--net '${text}': tap=NAME is required`);
   const mac = entries.get("mac");
   if (entries.has("mac") && !mac) throw new DriveOptionError(`--net '${text}': mac= needs an address`);
-  return { kind: "net", tap, ...(mac ? { mac } : {}) };
+  const rx = entries.has("rx-bps") ? { rxRateLimit: { bandwidth: perSecond("net", text, "rx-bps", entries.get("rx-bps")) } } : {};
+  const tx = entries.has("tx-bps") ? { txRateLimit: { bandwidth: perSecond("net", text, "tx-bps", entries.get("tx-bps")) } } : {};
+  return { kind: "net", tap, ...(mac ? { mac } : {}), ...rx, ...tx };
 }
 
 export function parseVsockOption(text: string): VsockSpec {
@@ -52,6 +60,7 @@ export function parseDriveOption(text: string): DriveSpec {
   let readOnly = false;
   let root = false;
   let id: string | undefined;
+  const limits: { bandwidth?: { size: number; refillTimeMs: number }; ops?: { size: number; refillTimeMs: number } } = {};
   for (const part of text.split(",")) {
     const [key, ...rest] = part.split("=");
     const value = rest.join("=");
@@ -74,12 +83,19 @@ export function parseDriveOption(text: string): DriveSpec {
         if (!hasValue || value === "") throw new DriveOptionError(`--drive '${text}': id= needs a value`);
         id = value;
         break;
+      case "bps":
+        limits.bandwidth = perSecond("drive", text, key, value);
+        break;
+      case "iops":
+        limits.ops = perSecond("drive", text, key, value);
+        break;
       default:
-        throw new DriveOptionError(`--drive '${text}': unknown key '${key}' (known: path, ro, root, id)`);
+        throw new DriveOptionError(`--drive '${text}': unknown key '${key}' (known: path, ro, root, id, bps, iops)`);
     }
   }
   if (path === undefined) throw new DriveOptionError(`--drive '${text}': path=IMAGE is required`);
-  return { kind: "block", path, readOnly, ...(root ? { root } : {}), ...(id !== undefined ? { id } : {}) };
+  const rateLimit = limits.bandwidth || limits.ops ? { rateLimit: limits } : {};
+  return { kind: "block", path, readOnly, ...(root ? { root } : {}), ...(id !== undefined ? { id } : {}), ...rateLimit };
 }
 
 /** Every value of a repeatable `--name VALUE` / `--name=VALUE` option, in order (citty keeps only one). */

@@ -16,6 +16,17 @@ export const MAX_MEMORY_MIB = 1024 * 1024;
 
 const path = v.pipe(v.string("must be a path (a string)"), v.nonEmpty("must not be empty"));
 
+const bucket = v.strictObject(
+  {
+    size: v.pipe(v.number("must be a number of tokens"), v.integer("must be a whole number"), v.minValue(1, "must be at least 1")),
+    refillTimeMs: v.pipe(v.number("must be a number of milliseconds"), v.integer("must be a whole number"), v.minValue(1, "must be at least 1")),
+  },
+  'must be an object like {"size": 10485760, "refillTimeMs": 1000}',
+);
+
+/** Token buckets as Firecracker configures them: bytes and operations, each refilling fully in refillTimeMs. */
+const rateLimit = v.strictObject({ bandwidth: v.optional(bucket), ops: v.optional(bucket) }, 'must be an object like {"bandwidth": {...}, "ops": {...}}');
+
 export const VmFileSchema = v.strictObject(
   {
     kernel: v.optional(path),
@@ -47,6 +58,7 @@ export const VmFileSchema = v.strictObject(
             readOnly: v.optional(v.boolean("must be true or false")),
             root: v.optional(v.boolean("must be true or false")),
             id: v.optional(v.pipe(v.string("must be a string"), v.nonEmpty("must not be empty"))),
+            rateLimit: v.optional(rateLimit),
           },
           "must be an object like {\"path\": \"rootfs.ext4\", \"root\": true}",
         ),
@@ -60,6 +72,8 @@ export const VmFileSchema = v.strictObject(
           {
             tap: v.pipe(v.string("must be a tap name"), v.nonEmpty("must not be empty"), v.maxLength(15, "must be at most 15 bytes")),
             mac: v.optional(v.pipe(v.string("must be a MAC address"), v.regex(/^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$/, "must look like 52:54:00:12:34:56"))),
+            rxRateLimit: v.optional(rateLimit),
+            txRateLimit: v.optional(rateLimit),
           },
           'must be an object like {"tap": "tap0"}',
         ),

@@ -23,6 +23,8 @@ export const SYSCALL_NUMBERS = {
   ppoll: 271,
   fallocate: 285,
   eventfd2: 290,
+  timerfd_create: 283,
+  timerfd_settime: 286,
   fcntl: 72,
   memfd_create: 319,
 } as const;
@@ -40,6 +42,9 @@ export const EFD_CLOEXEC = 0x80000;
 export const EFD_NONBLOCK = 0x800;
 export const POLLIN = 0x1;
 export const F_DUPFD_CLOEXEC = 1030;
+export const CLOCK_MONOTONIC = 1;
+export const TFD_CLOEXEC = 0x80000;
+export const TFD_NONBLOCK = 0x800;
 const AT_FDCWD = -100;
 
 function check(call: string, result: number, context?: string): number {
@@ -167,4 +172,20 @@ export function pollReadable(fds: readonly number[], timeoutMs: number): boolean
 /** A second descriptor for the same open file (close-on-exec), so two owners can each close their own. */
 export function duplicateFd(fd: number): number {
   return check("fcntl", rawSyscall(SYSCALL_NUMBERS.fcntl, fd, F_DUPFD_CLOEXEC, 0), "F_DUPFD_CLOEXEC");
+}
+
+/** A non-blocking monotonic timerfd: readable once armed time has passed (poll it with the device's descriptors). */
+export function timerfd(): number {
+  return check("timerfd_create", rawSyscall(SYSCALL_NUMBERS.timerfd_create, CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK));
+}
+
+/** Arms `fd` to fire once after `delayMs` (0 disarms). */
+export function armTimerfd(fd: number, delayMs: number): void {
+  const spec = new BigInt64Array(4); // it_interval {sec, nsec}, it_value {sec, nsec}
+  const ns = BigInt(Math.max(0, Math.ceil(delayMs * 1e6)));
+  spec[2] = ns / 1_000_000_000n;
+  spec[3] = ns % 1_000_000_000n;
+  // A zero it_value would disarm; an armed timer needs at least 1 ns.
+  if (delayMs > 0 && ns === 0n) spec[3] = 1n;
+  check("timerfd_settime", rawSyscall(SYSCALL_NUMBERS.timerfd_settime, fd, 0, ptr(spec), 0));
 }

@@ -51,3 +51,18 @@ describe("--net and --vsock", () => {
     expect(parse).toThrow(message);
   });
 });
+
+describe("rate limits on the command line", () => {
+  test("bps and iops become per-second token buckets on a drive; rx-bps and tx-bps on an interface", () => {
+    expect(parseDriveOption("path=d.img,bps=1048576,iops=100")).toMatchObject({
+      rateLimit: { bandwidth: { size: 1048576, refillTimeMs: 1000 }, ops: { size: 100, refillTimeMs: 1000 } },
+    });
+    expect(parseNetOption("tap=t0,rx-bps=1000,tx-bps=2000")).toMatchObject({
+      rxRateLimit: { bandwidth: { size: 1000, refillTimeMs: 1000 } },
+      txRateLimit: { bandwidth: { size: 2000, refillTimeMs: 1000 } },
+    });
+    expect(parseDriveOption("path=d.img")).not.toHaveProperty("rateLimit");
+    expect(() => parseDriveOption("path=d.img,iops=0")).toThrow("iops= must be a whole number above 0");
+    expect(() => parseNetOption("tap=t0,rx-bps=fast")).toThrow("rx-bps= must be a whole number above 0");
+  });
+});

@@ -61,6 +61,9 @@ const constants: Record<string, number> = {
   EFD_NONBLOCK: sys.EFD_NONBLOCK,
   POLLIN: sys.POLLIN,
   F_DUPFD_CLOEXEC: sys.F_DUPFD_CLOEXEC,
+  CLOCK_MONOTONIC: sys.CLOCK_MONOTONIC,
+  TFD_CLOEXEC: sys.TFD_CLOEXEC,
+  TFD_NONBLOCK: sys.TFD_NONBLOCK,
   POLLOUT: sys.POLLOUT,
   POLLERR: sys.POLLERR,
   POLLHUP: sys.POLLHUP,
@@ -70,7 +73,7 @@ describe("KVM ABI matches <linux/kvm.h>", () => {
   const expected = tsExpectations(layouts, constants);
   const actual = cValues(
     {
-      includes: ["errno.h", "sys/mman.h", "sys/syscall.h", "fcntl.h", "poll.h", "sys/eventfd.h", "linux/memfd.h", "linux/kvm.h"],
+      includes: ["errno.h", "sys/mman.h", "sys/syscall.h", "fcntl.h", "poll.h", "sys/eventfd.h", "sys/timerfd.h", "time.h", "linux/memfd.h", "linux/kvm.h"],
     },
     [...expected.keys()],
   );

@@ -40,6 +40,8 @@ import type { StructLayout } from "../../src/kvm/struct.ts";
 import { GuestMemoryView } from "../../src/memory/guest-memory.ts";
 import { cValues, mismatches, tsExpectations } from "./c-abi.ts";
 import { FakeQueue } from "./virtio-fake-queue.ts";
+import { RateLimiter } from "../../src/devices/virtio/rate-limiter.ts";
+import { POLLIN } from "../../src/ffi/syscalls.ts";
 
 const SECTOR = 512;
 const MEMORY_SIZE = 1 << 20;
@@ -697,5 +699,35 @@ describe("virtio-blk against a hostile driver (statuses, never a throw)", () => 
     other.submit(other.buffer(header(VIRTIO_BLK_T.FLUSH), false), other.buffer(1, true));
     other.device.processQueue(1);
     expect(other.queue.used).toEqual([]);
+  });
+});
+
+describe("virtio-blk rate limiting", () => {
+  test("requests beyond the ops budget are held (not refused) until the limiter's timer fires, in order", () => {
+    let now = 0;
+    const armed: number[] = [];
+    const d = drive({ sectors: 64 });
+    d.device.setRateLimiter(new RateLimiter({ ops: { size: 2, refillTimeMs: 1000 } }, { fd: 77, arm: (ms) => void armed.push(ms), acknowledge: () => {}, close: () => {} }, () => now));
+    const statuses = [0, 1, 2, 3].map((i) => {
+      const status = d.buffer(1, true);
+      d.submit(d.buffer(header(VIRTIO_BLK_T.IN, i), false), d.buffer(SECTOR, true), status);
+      return status;
+    });
+    d.device.processQueue(0);
+    expect(d.queue.used.map((u) => u.head)).toEqual([0, 1]); // two ops, then held
+    expect(d.device.pollFds()).toEqual([{ fd: 77, events: POLLIN }]);
+    expect(armed).toEqual([500]);
+    expect(d.device.stats.throttled).toBe(1);
+    // A notification while throttled does not bypass the limiter.
+    d.device.processQueue(0);
+    expect(d.queue.used.length).toBe(2);
+    now = 500;
+    d.device.processBackend(77);
+    expect(d.queue.used.map((u) => u.head)).toEqual([0, 1, 2]);
+    now = 1000;
+    d.device.processBackend(77);
+    expect(d.queue.used.map((u) => u.head)).toEqual([0, 1, 2, 3]);
+    expect(statuses.map((s) => d.memory.readU8(s.address))).toEqual([0, 0, 0, 0]);
+    expect(d.device.pollFds()).toEqual([]);
   });
 });

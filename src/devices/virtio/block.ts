@@ -45,11 +45,14 @@ import {
   VIRTIO_ID,
   featureBit,
   type ActivationContext,
+  type BackendPoll,
   type DescriptorBuffer,
   type DescriptorChain,
   type QueueHandle,
   type VirtioDevice,
 } from "./device.ts";
+import type { RateLimiter } from "./rate-limiter.ts";
+import { POLLIN } from "../../ffi/syscalls.ts";
 
 /** Feature bits (section 5.2.3). */
 export const VIRTIO_BLK_F = {
@@ -133,6 +136,8 @@ export interface BlockStats {
   unsupported: number;
   /** Host I/O failures reported to the guest as IOERR. */
   ioErrors: number;
+  /** Times the rate limiter held a request back until its buckets refilled. */
+  throttled: number;
 }
 
 /** A run of guest-physical bytes. */
@@ -168,6 +173,7 @@ export class VirtioBlock implements VirtioDevice {
     invalid: 0,
     unsupported: 0,
     ioErrors: 0,
+    throttled: 0,
   };
   /** The last host I/O failure, for diagnostics (the guest only sees IOERR). */
   lastHostError: string | undefined;
@@ -181,6 +187,9 @@ export class VirtioBlock implements VirtioDevice {
 
   private memory: GuestMemoryView | undefined;
   private queue: QueueHandle | undefined;
+  private limiter: RateLimiter | undefined;
+  /** A request taken off the ring but held back by the rate limiter. */
+  private heldChain: DescriptorChain | undefined;
   private writeThrough = false;
   private discardAccepted = false;
   private writeZeroesAccepted = false;
@@ -233,25 +242,54 @@ export class VirtioBlock implements VirtioDevice {
     this.writeZeroesAccepted = accepted(VIRTIO_BLK_F.WRITE_ZEROES);
   }
 
-  /** Serves every available request, then interrupts the guest at most once. Throws only if `pop()` does. */
+  /**
+   * Serves every available request (as far as the rate limiter allows), then
+   * interrupts the guest at most once. Throws only if `pop()` does.
+   */
   processQueue(index: number): void {
     const queue = this.queue;
     if (index !== 0 || !queue) return;
-    for (let chain = queue.pop(); chain !== undefined; chain = queue.pop()) {
+    if (this.limiter?.isThrottled) return; // the timer brings us back
+    for (let chain = this.heldChain ?? queue.pop(); chain !== undefined; chain = queue.pop()) {
+      this.heldChain = undefined;
+      if (this.limiter && !this.limiter.consume(requestBytes(chain))) {
+        // Out of tokens: keep the request (it was taken off the ring) until the timer fires.
+        this.heldChain = chain;
+        this.stats.throttled++;
+        break;
+      }
       queue.addUsed(chain.head, this.serve(chain));
     }
     queue.notifyIfNeeded();
   }
 
+  /** Attaches a rate limiter (from the drive's config); the device then owns it. */
+  setRateLimiter(limiter: RateLimiter): void {
+    this.limiter = limiter;
+  }
+
+  pollFds(): readonly BackendPoll[] {
+    return this.limiter?.isThrottled ? [{ fd: this.limiter.timerFd, events: POLLIN }] : [];
+  }
+
+  processBackend(fd: number): void {
+    if (!this.limiter || fd !== this.limiter.timerFd) return;
+    this.limiter.timerFired();
+    this.processQueue(0);
+  }
+
+
   reset(): void {
     this.memory = undefined;
     this.queue = undefined;
+    this.heldChain = undefined;
   }
 
   /** Closes the image; the device is unusable afterwards. */
   close(): void {
     this.reset();
     this.disk.close();
+    this.limiter?.close();
   }
 
   /** Handles one chain and returns its used length. */
@@ -509,4 +547,10 @@ function scatter(memory: GuestMemoryView, spans: readonly Span[], data: Uint8Arr
     memory.slice(span.address, take).set(data.subarray(done, done + take));
     done += take;
   }
+}
+
+/** What a request moves, for the bandwidth bucket: its buffers minus the 16-byte header and the status byte. */
+function requestBytes(chain: DescriptorChain): number {
+  const total = chain.buffers.reduce((sum, buffer) => sum + buffer.length, 0);
+  return Math.max(0, total - 17);
 }

@@ -7,6 +7,7 @@ import { VirtioBlock } from "./block.ts";
 import type { VirtioDevice } from "./device.ts";
 import { duplicateFd } from "../../ffi/syscalls.ts";
 import { VirtioNet } from "./net.ts";
+import { RateLimiter, timerfdTimer, type RateLimitConfig } from "./rate-limiter.ts";
 import { VirtioRng } from "./rng.ts";
 import { TapDevice } from "./tap.ts";
 import { VirtioVsock } from "./vsock.ts";
@@ -20,6 +21,7 @@ export type VirtioDeviceSpec =
       readonly id?: string;
       /** Boot from this drive: root=/dev/vdX. */
       readonly root?: boolean;
+      readonly rateLimit?: RateLimitConfig;
     }
   | { readonly kind: "rng" }
   | {
@@ -29,6 +31,9 @@ export type VirtioDeviceSpec =
       readonly mac?: string;
       /** Set by the VMM thread, which opens the tap once (re-opening would destroy a tap Volt created). */
       readonly opened?: { readonly fd: number; readonly offloadCapabilities: number; readonly created: boolean };
+      /** Limits on what the guest receives and sends. */
+      readonly rxRateLimit?: RateLimitConfig;
+      readonly txRateLimit?: RateLimitConfig;
     }
   | {
       readonly kind: "vsock";
@@ -45,15 +50,27 @@ export interface LiveVirtioDevice extends VirtioDevice {
 /** Opens the device's backends; throws an error naming the file for a bad drive. */
 export function createVirtioDevice(spec: VirtioDeviceSpec): LiveVirtioDevice {
   switch (spec.kind) {
-    case "block":
-      return VirtioBlock.open({ path: spec.path, readOnly: spec.readOnly, ...(spec.id !== undefined ? { id: spec.id } : {}) });
+    case "block": {
+      const block = VirtioBlock.open({ path: spec.path, readOnly: spec.readOnly, ...(spec.id !== undefined ? { id: spec.id } : {}) });
+      if (spec.rateLimit) block.setRateLimiter(new RateLimiter(spec.rateLimit, timerfdTimer()));
+      return block;
+    }
     case "rng":
       return new VirtioRng();
     case "net": {
-      if (!spec.opened) return VirtioNet.open({ tap: spec.tap, ...(spec.mac !== undefined ? { mac: spec.mac } : {}) });
-      // The worker's own descriptor for the tap the VMM thread opened: each side closes its own.
-      const tap = new TapDevice(duplicateFd(spec.opened.fd), spec.tap, { offloadCapabilities: spec.opened.offloadCapabilities, created: spec.opened.created });
-      return new VirtioNet(tap, spec.mac !== undefined ? { mac: spec.mac } : {});
+      let net: VirtioNet;
+      if (!spec.opened) {
+        net = VirtioNet.open({ tap: spec.tap, ...(spec.mac !== undefined ? { mac: spec.mac } : {}) });
+      } else {
+        // The worker's own descriptor for the tap the VMM thread opened: each side closes its own.
+        const tap = new TapDevice(duplicateFd(spec.opened.fd), spec.tap, { offloadCapabilities: spec.opened.offloadCapabilities, created: spec.opened.created });
+        net = new VirtioNet(tap, spec.mac !== undefined ? { mac: spec.mac } : {});
+      }
+      net.setRateLimiters({
+        ...(spec.rxRateLimit ? { rx: new RateLimiter(spec.rxRateLimit, timerfdTimer()) } : {}),
+        ...(spec.txRateLimit ? { tx: new RateLimiter(spec.txRateLimit, timerfdTimer()) } : {}),
+      });
+      return net;
     }
     case "vsock":
       return VirtioVsock.open({ guestCid: spec.guestCid, udsPath: spec.udsPath });

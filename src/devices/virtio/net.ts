@@ -63,6 +63,7 @@ import { hostname } from "node:os";
 import { ERRNO } from "../../ffi/errno.ts";
 import { NET_ERRNO, POLLNVAL, TUN_F, netErrnoName } from "../../ffi/net-syscalls.ts";
 import { POLLERR, POLLHUP, POLLIN, POLLOUT } from "../../ffi/syscalls.ts";
+import type { RateLimiter } from "./rate-limiter.ts";
 import { defineStruct, StructView } from "../../kvm/struct.ts";
 import type { GuestMemoryView } from "../../memory/guest-memory.ts";
 import {
@@ -157,6 +158,8 @@ export interface NetStats {
   txDropped: number;
   /** Malformed chains or headers from the driver, returned unused. */
   invalid: number;
+  /** Times a rate limiter held packets back. */
+  throttled: number;
 }
 
 export class VirtioNetError extends Error {
@@ -182,7 +185,7 @@ export class VirtioNet implements VirtioDevice {
   readonly queueMaxSizes = [NET_QUEUE_SIZE, NET_QUEUE_SIZE] as const;
   readonly features: bigint;
   readonly config: Uint8Array;
-  readonly stats: NetStats = { rxPackets: 0, rxBytes: 0, txPackets: 0, txBytes: 0, rxDropped: 0, txDropped: 0, invalid: 0 };
+  readonly stats: NetStats = { rxPackets: 0, rxBytes: 0, txPackets: 0, txBytes: 0, rxDropped: 0, txDropped: 0, invalid: 0, throttled: 0 };
   /** The guest's MAC, as "02:ab:...". */
   readonly mac: string;
   readonly backend: NetBackend;
@@ -213,6 +216,10 @@ export class VirtioNet implements VirtioDevice {
   /** A chain the tap refused with EAGAIN, sent first when it becomes writable. */
   private txPendingChain: DescriptorChain | undefined;
   private txWaitWritable = false;
+  private rxLimiter: RateLimiter | undefined;
+  private txLimiter: RateLimiter | undefined;
+  /** The held transmit chain already took its tokens (it waits for POLLOUT, not for the limiter). */
+  private txLimiterPaid = false;
   /** A burst ended with chains possibly left in the ring. */
   private txMore = false;
   private readonly txHeader = new Uint8Array(VNET_HDR_SIZE);
@@ -283,8 +290,8 @@ export class VirtioNet implements VirtioDevice {
     if (!this.active) return;
     if (index === NET_RX_QUEUE) {
       this.rxStarved = false;
-      this.receive();
-    } else if (index === NET_TX_QUEUE && !this.txWaitWritable) {
+      if (!this.rxLimiter?.isThrottled) this.receive();
+    } else if (index === NET_TX_QUEUE && !this.txWaitWritable && !this.txLimiter?.isThrottled) {
       // While the tap is full, POLLOUT (processBackend) resumes transmission.
       this.transmit();
     }
@@ -293,12 +300,34 @@ export class VirtioNet implements VirtioDevice {
   /** Not polled before DRIVER_OK, nor once the backend failed; POLLIN only while there are receive buffers. */
   pollFds(): readonly BackendPoll[] {
     if (!this.active || this.backendFailed) return [];
-    const events = (this.rxStarved ? 0 : POLLIN) | (this.txWaitWritable || this.txMore ? POLLOUT : 0);
-    return events === 0 ? [] : [{ fd: this.backend.fd, events }];
+    const rxThrottled = this.rxLimiter?.isThrottled ?? false;
+    const txThrottled = this.txLimiter?.isThrottled ?? false;
+    const events = (this.rxStarved || rxThrottled ? 0 : POLLIN) | (!txThrottled && (this.txWaitWritable || this.txMore) ? POLLOUT : 0);
+    const polls: BackendPoll[] = events === 0 ? [] : [{ fd: this.backend.fd, events }];
+    if (rxThrottled) polls.push({ fd: this.rxLimiter!.timerFd, events: POLLIN });
+    if (txThrottled) polls.push({ fd: this.txLimiter!.timerFd, events: POLLIN });
+    return polls;
+  }
+
+  /** Rate limits for what the guest receives and sends (from the interface's config); the device owns them. */
+  setRateLimiters(limits: { rx?: RateLimiter; tx?: RateLimiter }): void {
+    this.rxLimiter = limits.rx;
+    this.txLimiter = limits.tx;
   }
 
   processBackend(fd: number, revents: number): void {
-    if (!this.active || this.backendFailed || fd !== this.backend.fd) return;
+    if (!this.active || this.backendFailed) return;
+    if (this.rxLimiter && fd === this.rxLimiter.timerFd) {
+      this.rxLimiter.timerFired();
+      this.receive();
+      return;
+    }
+    if (this.txLimiter && fd === this.txLimiter.timerFd) {
+      this.txLimiter.timerFired();
+      this.transmit();
+      return;
+    }
+    if (fd !== this.backend.fd) return;
     if (revents & (POLLERR | POLLHUP | POLLNVAL)) {
       this.backendFailure(`poll reports ${describeRevents(revents)} (was the interface deleted?)`);
     }
@@ -332,6 +361,8 @@ export class VirtioNet implements VirtioDevice {
   close(): void {
     this.reset();
     this.backend.close();
+    this.rxLimiter?.close();
+    this.txLimiter?.close();
   }
 
   // ---- receive -------------------------------------------------------------
@@ -341,6 +372,12 @@ export class VirtioNet implements VirtioDevice {
     try {
       for (let burst = 0; burst < NET_RX_BURST && !this.backendFailed; burst++) {
         if (this.rxPending === 0) {
+          if (this.rxLimiter && !this.rxLimiter.canConsume(1)) {
+            // A received packet's size is known only once read; stop reading until the buckets allow one more.
+            this.rxLimiter.waitFor(1);
+            this.stats.throttled++;
+            break;
+          }
           if (!this.holdRxChains(1)) {
             this.rxStarved = true;
             break;
@@ -348,6 +385,7 @@ export class VirtioNet implements VirtioDevice {
           const length = this.readPacket();
           if (length === 0) break;
           if (length < 0 || !this.acceptRxHeader(length)) continue;
+          this.rxLimiter?.charge(length);
           this.rxPending = length;
         }
         if (!this.deliver()) {
@@ -509,11 +547,19 @@ export class VirtioNet implements VirtioDevice {
         const chain = this.txPendingChain ?? queue.pop();
         if (!chain) break;
         this.txPendingChain = undefined;
+        if (this.txLimiter && !this.txLimiterPaid && !this.txLimiter.consume(chainBytes(chain))) {
+          // Out of tokens: hold the packet until the limiter's timer fires.
+          this.txPendingChain = chain;
+          this.stats.throttled++;
+          break;
+        }
+        this.txLimiterPaid = true; // a packet held for POLLOUT has been paid for already
         if (this.send(chain) === AGAIN) {
           this.txPendingChain = chain;
           this.txWaitWritable = true;
           break;
         }
+        this.txLimiterPaid = false;
         queue.addUsed(chain.head, 0);
       }
     } finally {
@@ -674,4 +720,9 @@ export function defaultMac(tap: string, host: string = hostname()): Uint8Array {
   mac[0] = 0x02;
   mac.set(digest.subarray(0, 5), 1);
   return mac;
+}
+
+/** A transmitted chain's size, for the bandwidth bucket. */
+function chainBytes(chain: DescriptorChain): number {
+  return chain.buffers.reduce((sum, buffer) => sum + buffer.length, 0);
 }

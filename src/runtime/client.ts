@@ -1,0 +1,48 @@
+/** Requests to a VM's control API over its Unix socket, with a deadline, for the lifecycle commands. */
+
+export class ApiUnreachableError extends Error {
+  override name = "ApiUnreachableError";
+}
+
+export interface ApiAnswer {
+  readonly status: number;
+  /** The JSON body, or undefined when there was none or it was not JSON. */
+  readonly body: unknown;
+}
+
+export async function apiRequest(
+  socket: string,
+  method: string,
+  path: string,
+  options: { body?: unknown; timeoutMs?: number } = {},
+): Promise<ApiAnswer> {
+  let response: Response;
+  try {
+    response = await fetch(`http://volt${path}`, {
+      method,
+      unix: socket,
+      signal: AbortSignal.timeout(options.timeoutMs ?? 10_000),
+      ...(options.body !== undefined ? { body: JSON.stringify(options.body), headers: { "content-type": "application/json" } } : {}),
+    } as RequestInit);
+  } catch (error) {
+    const why = (error as Error).name === "TimeoutError" ? `no answer within ${options.timeoutMs ?? 10_000} ms` : (error as Error).message;
+    throw new ApiUnreachableError(`cannot reach the VM's API at ${socket}: ${why}`, { cause: error });
+  }
+  const text = await response.text();
+  let body: unknown;
+  try {
+    body = text === "" ? undefined : JSON.parse(text);
+  } catch {
+    body = undefined;
+  }
+  return { status: response.status, body };
+}
+
+/** The message of a Volt ({"error": {"message"}}) or Firecracker ({"fault_message"}) error body. */
+export function apiErrorMessage(answer: ApiAnswer): { kind: string; message: string } {
+  const body = answer.body as { error?: { kind?: string; message?: string }; fault_message?: string } | undefined;
+  return {
+    kind: body?.error?.kind ?? "api",
+    message: body?.error?.message ?? body?.fault_message ?? `the VM's API answered HTTP ${answer.status}`,
+  };
+}

@@ -4,8 +4,8 @@
  *
  *   GET  /vm               describe the VM
  *   GET  /metrics          exits per vCPU and kind, device counters, boot time, uptime
- *   PUT  /vm/pause         park every vCPU and quiesce devices
- *   PUT  /vm/resume
+ *   PUT  /vm/pause         park every vCPU and quiesce devices (409 if already paused)
+ *   PUT  /vm/resume        (409 if not paused)
  *   PUT  /vm/stop          end the VM (outcome "signal", detail "stopped by the API")
  *   PUT  /snapshot/create  {"dir": "...", "force"?: bool, "chunkStore"?: "..."}; pauses for the capture, then runs on
  *                          {"inMemory": true}: kept in this process (a memfd), answered with its id
@@ -13,14 +13,22 @@
  *                                Volt-Memory-Path header names its memory (/proc/PID/fd/N)
  *   DELETE /snapshot/memory/ID   forget it (its memory is freed once no clone maps it)
  *
- * Every request body is validated; errors are JSON {"error": {"kind", "message"}}
- * with 400 (bad request), 404 (no such endpoint), 405 (wrong method),
- * 409 (the VM is stopping) or 500.
+ * Firecracker's routes (firecracker.ts) are served on the same socket, as for a
+ * VM that has started: GET /, GET /machine-config, GET /vm/config, PATCH /vm,
+ * PUT /snapshot/create with {"snapshot_path", "mem_file_path"}, PUT /actions;
+ * configuration requests get Firecracker's 400 {"fault_message"}.
+ *
+ * Every request body is validated (and at most MAX_REQUEST_BODY_BYTES); errors
+ * are JSON {"error": {"kind", "message"}} with 400 (bad request), 404 (no such
+ * endpoint; it also carries "fault_message" for Firecracker clients), 405
+ * (wrong method), 409 (the VM is stopping, or already in the state asked for)
+ * or 500.
  */
 import { closeSync, existsSync, statSync, unlinkSync } from "node:fs";
 import { connect } from "node:net";
 import * as v from "valibot";
 import { SnapshotError } from "../snapshot/format.ts";
+import { FirecrackerApi } from "./firecracker.ts";
 import type { InMemorySnapshot } from "../snapshot/files.ts";
 import { snapshotVm, snapshotVmInMemory } from "../vmm/snapshot.ts";
 import type { RunningVm } from "../vmm/vmm.ts";
@@ -66,22 +74,54 @@ export async function claimSocketPath(path: string): Promise<void> {
   unlinkSync(path);
 }
 
-export async function startApiServer(path: string, vm: RunningVm): Promise<ApiServer> {
-  await claimSocketPath(path);
+/** Larger bodies are refused (413) before they are read: no endpoint takes more than a few paths. */
+export const MAX_REQUEST_BODY_BYTES = 1024 * 1024;
+
+export interface ApiHandler {
+  handle(request: Request): Promise<Response>;
+  /** Frees what the API holds (in-memory snapshots). */
+  close(): void;
+}
+
+export interface ApiOptions {
+  /** The Firecracker routes' state (`volt api` passes the one that configured the VM); default: built from the VM's config. */
+  readonly firecracker?: FirecrackerApi;
+}
+
+/** The control API's request handler for a running VM, for any server (startApiServer's, or `volt api`'s after InstanceStart). */
+export function createApiHandler(vm: RunningVm, options: ApiOptions = {}): ApiHandler {
   const inMemory = new Map<string, InMemorySnapshot>();
   let nextId = 1;
-  const context: Context = { vm, inMemory, newId: () => `mem-${nextId++}` };
+  const firecracker =
+    options.firecracker ??
+    new FirecrackerApi({
+      backend: { snapshot: (running, dir) => snapshotVm(running as RunningVm, dir, { force: true }) },
+      running: { vm, config: vm.built.config },
+    });
+  const context: Context = { vm, inMemory, newId: () => `mem-${nextId++}`, firecracker };
+  return {
+    handle: (request) => handle(request, context),
+    close() {
+      for (const snapshot of inMemory.values()) closeSync(snapshot.memfd);
+      inMemory.clear();
+    },
+  };
+}
+
+export async function startApiServer(path: string, vm: RunningVm, options: ApiOptions = {}): Promise<ApiServer> {
+  await claimSocketPath(path);
+  const api = createApiHandler(vm, options);
   const server = Bun.serve({
     unix: path,
-    fetch: (request) => handle(request, context),
+    fetch: api.handle,
+    maxRequestBodySize: MAX_REQUEST_BODY_BYTES,
     error: (error) => reply(500, { error: { kind: "internal", message: error.message } }),
   });
   return {
     path,
     stop() {
       server.stop(true);
-      for (const snapshot of inMemory.values()) closeSync(snapshot.memfd);
-      inMemory.clear();
+      api.close();
       try {
         unlinkSync(path);
       } catch {
@@ -99,6 +139,12 @@ function failure(status: number, kind: string, message: string): Response {
   return reply(status, { error: { kind, message } });
 }
 
+/** An unknown path, in both shapes: Volt's error object and Firecracker's fault_message. */
+export function notFound(pathname: string, endpoints: readonly string[] = Object.keys(ROUTES)): Response {
+  const message = `no endpoint ${pathname} (endpoints: ${endpoints.join(", ")}; and Firecracker's, see docs/firecracker-api.md)`;
+  return reply(404, { error: { kind: "not-found", message }, fault_message: message });
+}
+
 const ROUTES: Record<string, readonly string[]> = {
   "/vm": ["GET"],
   "/metrics": ["GET"],
@@ -112,6 +158,7 @@ interface Context {
   readonly vm: RunningVm;
   readonly inMemory: Map<string, InMemorySnapshot>;
   newId(): string;
+  readonly firecracker: FirecrackerApi;
 }
 
 const MEMORY_SNAPSHOT_PATH = /^\/snapshot\/memory\/([A-Za-z0-9-]+)$/;
@@ -122,7 +169,11 @@ async function handle(request: Request, context: Context): Promise<Response> {
   const memoryMatch = pathname.match(MEMORY_SNAPSHOT_PATH);
   if (memoryMatch) return memorySnapshot(request, context, memoryMatch[1]!);
   const methods = ROUTES[pathname];
-  if (!methods) return failure(404, "not-found", `no endpoint ${pathname} (endpoints: ${Object.keys(ROUTES).join(", ")})`);
+  if (!methods?.includes(request.method)) {
+    const firecracker = await context.firecracker.handle(request);
+    if (firecracker) return firecracker;
+  }
+  if (!methods) return notFound(pathname);
   if (!methods.includes(request.method)) return failure(405, "method", `${pathname} takes ${methods.join(", ")}, not ${request.method}`);
   if (pathname === "/vm") return reply(200, describe(vm));
   if (pathname === "/metrics") return reply(200, await vm.metrics());
@@ -130,9 +181,11 @@ async function handle(request: Request, context: Context): Promise<Response> {
   try {
     switch (pathname) {
       case "/vm/pause":
+        if (vm.state === "paused") return failure(409, "state", "the VM is already paused");
         await vm.pause();
         return reply(200, describe(vm));
       case "/vm/resume":
+        if (vm.state !== "paused") return failure(409, "state", `the VM is not paused (it is ${vm.state})`);
         await vm.resume();
         return reply(200, describe(vm));
       case "/vm/stop":
@@ -141,6 +194,11 @@ async function handle(request: Request, context: Context): Promise<Response> {
       case "/snapshot/create": {
         const body = await jsonBody(request);
         if (body instanceof Response) return body;
+        if (typeof body === "object" && body !== null && "snapshot_path" in body) {
+          // Firecracker's shape of the same endpoint.
+          const again = new Request(request.url, { method: "PUT", body: JSON.stringify(body) });
+          return (await context.firecracker.handle(again))!;
+        }
         const parsed = parseSnapshotRequest(body);
         if (!parsed.success) return failure(400, "bad-request", parsed.issues.map((i) => i.message).join("; "));
         if ("inMemory" in parsed.output) {

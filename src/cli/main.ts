@@ -2,9 +2,12 @@
 /** The `volt` command line. Each subcommand lives in commands/ and owns its flags and help text. */
 import { defineCommand, runMain } from "citty";
 import pkg from "../../package.json" with { type: "json" };
+import { apiCommand } from "./commands/api.ts";
+import { configCommand } from "./commands/config.ts";
 import { imageCommand } from "./commands/image.ts";
 import { kernelCommand } from "./commands/kernel.ts";
 import { kvmCheckCommand } from "./commands/kvm-check.ts";
+import { lifecycleCommands } from "./commands/lifecycle.ts";
 import { runCommand } from "./commands/run.ts";
 import { snapshotCommand } from "./commands/snapshot.ts";
 
@@ -20,6 +23,9 @@ export const mainCommand = defineCommand({
     "kvm-check": kvmCheckCommand,
     kernel: kernelCommand,
     image: imageCommand,
+    ...lifecycleCommands,
+    api: apiCommand,
+    config: configCommand,
   },
 });
 

@@ -8,6 +8,7 @@ import { DEFAULT_CMDLINE, DEFAULT_MEMORY_MIB, DEFAULT_VCPUS, MAX_VCPUS, type VmC
 import { EXIT } from "../exit-codes.ts";
 import { CliError, rejectUnknownFlags, reportError, usageError } from "../output.ts";
 import { buildOrExplain, checkApiSocket, reportOutcome, runSession, terminalConsole } from "../vm-session.ts";
+import { registerRun, runDetached, type RunRegistration } from "../../runtime/cli-glue.ts";
 
 // No citty defaults for values a config file may set: a flag given on the command line must be told apart from one left out.
 const args = {
@@ -37,6 +38,16 @@ const args = {
   "on-reboot": { type: "string", description: "What a guest reboot does: exit (default) or restart the VM from its kernel", valueHint: "exit|restart" },
   "api-socket": { type: "string", description: "Serve the VM's control API (HTTP/JSON: pause, resume, stop, snapshot) on this Unix socket", valueHint: "path" },
   json: { type: "boolean", description: "Console to stderr; one JSON document with the outcome to stdout", default: false },
+  detach: {
+    type: "boolean",
+    description: "Run the VM in the background: prints its id once its API answers (--json: id, pid, apiSocket, consoleLog); see volt ls, logs, console, stop",
+  },
+  id: {
+    type: "string",
+    description: "Name the VM (1-63 of A-Z a-z 0-9 _ . -) and give it a runtime dir, ${XDG_RUNTIME_DIR:-/run}/volt/ID; --detach picks one if absent",
+    valueHint: "name",
+  },
+  "detached-child": { type: "boolean", description: "(internal) the background half of --detach" },
 } as const;
 
 export const runCommand = defineCommand({
@@ -48,7 +59,8 @@ export const runCommand = defineCommand({
       "  volt run --kernel bzImage --initrd initrd.img --mem 512 --vcpus 2 --cmdline 'quiet'\n" +
       "  volt run --config vm.json --vcpus 4      (the flag overrides the file)\n\n" +
       "  volt run --kernel vmlinux --drive path=rootfs.ext4,root --drive path=data.img,ro,id=data --rng\n" +
-      "  volt run --kernel vmlinux --initrd initrd.img --net tap=tap0 --vsock cid=3,uds=/tmp/vm.vsock\n\n" +
+      "  volt run --kernel vmlinux --initrd initrd.img --net tap=tap0 --vsock cid=3,uds=/tmp/vm.vsock\n" +
+      "  volt run --kernel vmlinux --initrd initrd.img --detach --id web1   (then: volt ls, volt console web1, volt stop web1)\n\n" +
       "Config file fields: kernel, initrd, cmdline, memMiB, vcpus, bootTimer, onReboot, rng, drives (a list of\n" +
       "{path, readOnly, root, id}), nets (a list of {tap, mac}), vsock ({guestCid, udsPath}); relative paths are\n" +
       "relative to the file.\n\n" +
@@ -59,17 +71,29 @@ export const runCommand = defineCommand({
   async run({ args: parsed, rawArgs }) {
     const startedAtMs = performance.timeOrigin + performance.now();
     const json = parsed.json;
+    let registration: RunRegistration | undefined;
     try {
       rejectUnknownFlags(rawArgs, args);
       const { config, onReboot } = resolveConfig(parsed, rawArgs);
-      const apiSocket = typeof parsed["api-socket"] === "string" ? parsed["api-socket"] : undefined;
+      const givenApiSocket = typeof parsed["api-socket"] === "string" ? parsed["api-socket"] : undefined;
+      const id = typeof parsed.id === "string" ? parsed.id : undefined;
+      if (parsed.detach) {
+        process.exitCode = await runDetached({ runArgs: rawArgs, json, ...(id !== undefined ? { id } : {}), ...(givenApiSocket !== undefined ? { apiSocket: givenApiSocket } : {}) });
+        return;
+      }
+      const terminal = () => terminalConsole(json ? process.stderr : process.stdout);
+      if (id !== undefined || parsed["detached-child"]) {
+        registration = await registerRun({ detachedChild: parsed["detached-child"] === true, terminal, ...(id !== undefined ? { id } : {}), ...(givenApiSocket !== undefined ? { apiSocket: givenApiSocket } : {}) });
+      }
+      const apiSocket = registration?.apiSocket ?? givenApiSocket;
       await checkApiSocket(apiSocket);
-      const consoleIo = terminalConsole(json ? process.stderr : process.stdout);
+      const consoleIo = registration?.console ?? terminal();
       const warning = kvmBackendWarning();
       if (warning) process.stderr.write(`volt: warning: ${warning}\n`);
       let restarts = 0;
       for (;;) {
         const built = buildOrExplain(() => buildForBoot(config));
+        registration?.recordStart(config);
         const outcome = await runSession(built, { console: consoleIo, startedAtMs, ...(apiSocket !== undefined ? { apiSocket } : {}) });
         if (outcome.kind === "reboot" && onReboot === "restart") {
           restarts++;
@@ -77,10 +101,14 @@ export const runCommand = defineCommand({
           continue;
         }
         process.exitCode = reportOutcome(outcome, built, json, { restarts });
+        registration?.recordOutcome(process.exitCode, outcome);
         return;
       }
     } catch (error) {
       process.exitCode = reportError(error, json);
+      registration?.recordFailure(error, process.exitCode);
+    } finally {
+      registration?.close();
     }
   },
 });

@@ -1,0 +1,777 @@
+/**
+ * The benchmarks proper, run where real KVM is (inside the nested L1, or
+ * natively): Volt against QEMU's microvm machine (and, for the exit cost,
+ * against a minimal C KVM loop), in the same run, rounds interleaved.
+ * bench/run.ts starts this; run it directly only where /dev/kvm is real KVM:
+ *
+ *   BENCH_KERNELS='[{"id":"microvm","name":"...","path":"..."}]' bun bench/inside.ts
+ *
+ * Env: BENCH_KERNELS (JSON list; the first is used for everything but the boot
+ * time, which runs on each), BENCH_ROUNDS (default 7), BENCH_BUDGET_S (time
+ * limit for all measurements; sections that do not fit are skipped and said
+ * so), BENCH_QEMU (default /usr/bin/qemu-system-x86_64), BENCH_DENSITY_S
+ * (density window, default 60; 0 skips it), BENCH_RESULTS_DIR (default
+ * bench/results), BENCH_HOST (JSON: the physical host's nproc/cpu/memGiB),
+ * BENCH_KVM_MODE / BENCH_KVM_REASON, BENCH_VOLT_COMMIT.
+ */
+import { chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { cpus, freemem, tmpdir, totalmem } from "node:os";
+import { basename, join, resolve } from "node:path";
+import { BOOT_TIMER_ADDRESS } from "../src/arch/x86_64/layout.ts";
+import { buildInitramfs } from "../src/image/initramfs.ts";
+import { DEFAULT_CMDLINE } from "../src/vmm/config.ts";
+import { childrenOf, readSmaps, sampleMemory, stop, watch, type Mapping, type MemorySample, type Watched } from "./lib/proc.ts";
+import { Qmp } from "./lib/qmp.ts";
+import { metric, renderTable, writeResults, type Metric, type Results } from "./lib/results.ts";
+
+const checkout = resolve(import.meta.dir, "..");
+const env = process.env;
+const ROUNDS = positiveInt("BENCH_ROUNDS", 7);
+const BUDGET_MS = positiveInt("BENCH_BUDGET_S", 1200) * 1000;
+const DENSITY_S = Number(env.BENCH_DENSITY_S ?? "60");
+const QEMU = env.BENCH_QEMU ?? "/usr/bin/qemu-system-x86_64";
+const RESULTS_DIR = env.BENCH_RESULTS_DIR ?? join(checkout, "bench", "results");
+const MEM_MIB = 128;
+const EXTRA_CMDLINE = "quiet";
+const EXITS_SMALL = 5_000;
+const EXITS_LARGE = 25_000;
+const BOOT_TIMEOUT_MS = 240_000;
+const INIT_MARKER = /BENCH-INIT-REACHED/;
+const TICK_LINE = /BENCH-TICK (\d+)\r?\n/;
+
+const started = performance.now();
+const deadline = started + BUDGET_MS;
+const remainingMs = () => deadline - performance.now();
+const log = (line: string) => console.log(`bench: [${((performance.now() - started) / 1000).toFixed(0).padStart(4)}s] ${line}`);
+const ms = (value: number) => `${value.toFixed(0)} ms`;
+
+interface Kernel {
+  readonly id: string;
+  readonly name: string;
+  readonly path: string;
+}
+
+const kernels: Kernel[] = JSON.parse(env.BENCH_KERNELS ?? "[]");
+if (kernels.length === 0) {
+  console.error("bench: BENCH_KERNELS is empty; run through `bun run bench` (bench/run.ts)");
+  process.exit(2);
+}
+
+const metrics: Metric[] = [];
+const unmeasured: { what: string; why: string }[] = [];
+const notes: string[] = [];
+const detail: Record<string, unknown> = {};
+const live = new Set<Watched>();
+
+// ------------------------------------------------------------------ setup
+const work = mkdtempSync(join(tmpdir(), "volt-bench-"));
+process.on("exit", () => {
+  for (const w of live) w.proc.kill("SIGKILL");
+  rmSync(work, { recursive: true, force: true });
+});
+for (const signal of ["SIGINT", "SIGTERM"] as const) process.on(signal, () => process.exit(130));
+
+// Volt runs from a local copy: inside L1 the checkout is a 9p share, and reading a
+// 110 MB binary over 9p on every start would be charged to Volt, not to KVM or the VMM.
+const volt = join(work, "volt");
+copyFileSync(join(checkout, "dist", "volt"), volt);
+chmodSync(volt, 0o755);
+const localKernels = kernels.map((k) => {
+  const path = join(work, `kernel-${k.id}`);
+  copyFileSync(k.path, path);
+  return { ...k, path };
+});
+const primary = localKernels[0]!;
+
+const bootScript = `echo BENCH-INIT-REACHED
+devmem 0x${BOOT_TIMER_ADDRESS.toString(16)} 8 123
+echo BENCH-IDLE
+exec sleep 1000000
+`;
+// `read -t` is a shell builtin: the loop forks nothing, so an idle counter costs little CPU.
+const counterScript = `echo BENCH-INIT-REACHED
+i=0
+while true; do
+  i=$((i+1))
+  echo "BENCH-TICK $i"
+  read -t 0.05 line
+done
+`;
+const bootInitrd = join(work, "boot.cpio.gz");
+writeFileSync(bootInitrd, buildInitramfs({ script: bootScript, exit: "reboot" }));
+const counterInitrd = join(work, "counter.cpio.gz");
+writeFileSync(counterInitrd, buildInitramfs({ script: counterScript, exit: "reboot" }));
+
+const haveQemu = existsSync(QEMU);
+const qemuVersion = haveQemu ? (Bun.spawnSync([QEMU, "--version"]).stdout.toString().split("\n")[0] ?? "").replace(/^QEMU emulator version /, "") : "missing";
+const stracePath = Bun.which("strace");
+const gccPath = Bun.which("gcc");
+log(`work dir ${work}; ${ROUNDS} rounds; budget ${(BUDGET_MS / 1000).toFixed(0)} s; QEMU ${QEMU} (${qemuVersion}); strace ${stracePath ?? "missing"}; gcc ${gccPath ?? "missing"}`);
+log(`kernels: ${localKernels.map((k) => `${k.id} = ${k.name}`).join("; ")}`);
+if (!haveQemu) unmeasured.push({ what: "every QEMU number", why: `${QEMU} does not exist here` });
+
+const voltCmdline = new Map<string, string>();
+const cmdlineFor = (kernel: Kernel) => voltCmdline.get(kernel.id) ?? `${DEFAULT_CMDLINE} ${EXTRA_CMDLINE}`;
+const voltRunArgs = (kernel: Kernel, initrd: string, extra: string[] = []) => [
+  volt, "run", "--kernel", kernel.path, "--initrd", initrd, "--mem", String(MEM_MIB), "--vcpus", "1", "--cmdline", EXTRA_CMDLINE, "--boot-timer", "--json", ...extra,
+];
+const qemuArgs = (kernel: Kernel, initrd: string, extra: string[] = []) => [
+  QEMU, "-M", "microvm", "-enable-kvm", "-cpu", "host", "-m", String(MEM_MIB), "-smp", "1",
+  "-kernel", kernel.path, "-initrd", initrd, "-append", cmdlineFor(kernel), "-nographic", "-no-reboot", ...extra,
+];
+const voltEnv = { ...process.env, NO_COLOR: "1" };
+
+/** Volt's guest RAM: its memfd (fresh boot) or the snapshot's memory file (restore). */
+const voltGuest = (m: Mapping) => m.path.includes("memfd:volt-guest-ram") || m.path.endsWith("/memory.raw");
+/** QEMU's guest RAM: the anonymous RAM block of exactly the guest's size. */
+const qemuGuest = (m: Mapping) => m.sizeKiB === MEM_MIB * 1024 && (m.path === "" || m.path.startsWith("[anon")) && m.perms.startsWith("rw");
+
+function spawnWatched(argv: string[], consoleOn: "stdout" | "stderr"): Watched {
+  const w = watch(argv, consoleOn, { env: voltEnv });
+  live.add(w);
+  w.done.finally(() => live.delete(w));
+  return w;
+}
+
+async function finish(w: Watched): Promise<number> {
+  return stop(w, "SIGTERM", 15_000);
+}
+
+// ------------------------------------------------------------------ 1 + 3: boot time and memory
+interface BootSample {
+  consoleMs: number;
+  firstByteMs?: number;
+  bootTimeMs?: number;
+  memBoot?: MemorySample;
+  memIdle?: MemorySample;
+  /** CPU time the VMM process used while the guest sat idle, as % of one CPU. */
+  idleCpuPercent?: number;
+  /** SIGTERM → the process has exited. */
+  teardownMs?: number;
+  /** Where the idle RSS is, grouped by mapping. */
+  breakdown?: Record<string, number>;
+}
+
+const IDLE_SETTLE_MS = 3_000;
+const CLOCK_TICKS_PER_S = 100;
+
+/** utime + stime of the whole process (every thread), in ms. */
+function cpuMs(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  // After the command: state is field 3, utime 14 and stime 15 (1-based) => indices 11 and 12 here.
+  return ((Number(fields[11]) + Number(fields[12])) * 1000) / CLOCK_TICKS_PER_S;
+}
+
+/** Idle sampling: CPU used over the settle period, then the memory map. */
+async function idleSample(pid: number, isGuest: (m: Mapping) => boolean, sample: BootSample): Promise<void> {
+  const cpu0 = cpuMs(pid);
+  const t0 = performance.now();
+  await Bun.sleep(IDLE_SETTLE_MS);
+  sample.idleCpuPercent = ((cpuMs(pid) - cpu0) / (performance.now() - t0)) * 100;
+  sample.memIdle = sampleMemory(pid, isGuest);
+  sample.breakdown = rssBreakdown(readSmaps(pid), isGuest);
+}
+
+/** RSS in MiB by kind of mapping: the executable, shared libraries, heap/anonymous, KVM, guest RAM, other files. */
+function rssBreakdown(mappings: Mapping[], isGuest: (m: Mapping) => boolean): Record<string, number> {
+  const groups: Record<string, number> = {};
+  const exe = mappings[0]?.path ?? "";
+  for (const m of mappings) {
+    let key: string;
+    if (isGuest(m)) key = "guest RAM";
+    else if (m.path === exe && exe !== "") key = `executable (${basename(exe)})`;
+    else if (/\.so(\.|$)/.test(m.path)) key = "shared libraries";
+    else if (m.path === "[heap]") key = "[heap]";
+    else if (m.path === "" || m.path.startsWith("[anon")) key = "anonymous (JS heaps, malloc arenas, stacks)";
+    else if (m.path.startsWith("[stack")) key = "[stack]";
+    else if (m.path.includes("kvm")) key = "KVM (vcpu run pages)";
+    else if (m.path.startsWith("/memfd:")) key = `memfd (${m.path.slice(7).replace(/ \(deleted\)$/, "")})`;
+    else if (m.path.startsWith("[")) key = m.path;
+    else key = m.rssKiB >= 1024 ? m.path : "other files (under 1 MiB each)";
+    groups[key] = (groups[key] ?? 0) + m.rssKiB / 1024;
+  }
+  for (const key of Object.keys(groups)) groups[key] = Math.round(groups[key]! * 10) / 10;
+  return groups;
+}
+
+async function bootVolt(kernel: Kernel, withMemory: boolean): Promise<BootSample> {
+  const w = spawnWatched(voltRunArgs(kernel, bootInitrd), "stderr");
+  try {
+    const marker = await w.waitFor(INIT_MARKER, BOOT_TIMEOUT_MS);
+    const sample: BootSample = { consoleMs: marker.at - w.spawnedAt };
+    if (w.firstConsoleByteAt !== undefined) sample.firstByteMs = w.firstConsoleByteAt - w.spawnedAt;
+    if (withMemory) sample.memBoot = sampleMemory(w.proc.pid, voltGuest);
+    await w.waitFor(/BENCH-IDLE/, 60_000);
+    if (withMemory) await idleSample(w.proc.pid, voltGuest, sample);
+    const t0 = performance.now();
+    await finish(w);
+    sample.teardownMs = performance.now() - t0;
+    const outcome = parseJson(w.other());
+    if (typeof outcome?.bootTimeMs === "number") sample.bootTimeMs = outcome.bootTimeMs;
+    if (typeof outcome?.cmdline === "string") voltCmdline.set(kernel.id, outcome.cmdline);
+    return sample;
+  } finally {
+    if (w.proc.exitCode === null) await stop(w, "SIGKILL");
+  }
+}
+
+async function bootQemu(kernel: Kernel, withMemory: boolean): Promise<BootSample> {
+  const w = spawnWatched(qemuArgs(kernel, bootInitrd), "stdout");
+  try {
+    const marker = await w.waitFor(INIT_MARKER, BOOT_TIMEOUT_MS);
+    const sample: BootSample = { consoleMs: marker.at - w.spawnedAt };
+    if (w.firstConsoleByteAt !== undefined) sample.firstByteMs = w.firstConsoleByteAt - w.spawnedAt;
+    if (withMemory) sample.memBoot = sampleMemory(w.proc.pid, qemuGuest);
+    await w.waitFor(/BENCH-IDLE/, 60_000);
+    if (withMemory) await idleSample(w.proc.pid, qemuGuest, sample);
+    const t0 = performance.now();
+    await finish(w);
+    sample.teardownMs = performance.now() - t0;
+    return sample;
+  } finally {
+    if (w.proc.exitCode === null) await stop(w, "SIGKILL");
+  }
+}
+
+function parseJson(text: string): Record<string, unknown> | undefined {
+  const start = text.indexOf("{");
+  if (start < 0) return undefined;
+  try {
+    return JSON.parse(text.slice(start)) as Record<string, unknown>;
+  } catch {
+    return undefined;
+  }
+}
+
+const mib = (kib: number) => kib / 1024;
+
+async function tryRound<T>(what: string, body: () => Promise<T>): Promise<T | undefined> {
+  try {
+    return await body();
+  } catch (error) {
+    log(`FAILED ${what}: ${(error as Error).message.slice(0, 1500)}`);
+    (detail.failures as string[] | undefined)?.push(`${what}: ${(error as Error).message.slice(0, 500)}`) ?? (detail.failures = [`${what}: ${(error as Error).message.slice(0, 500)}`]);
+    return undefined;
+  }
+}
+
+/** Rounds to run: all of them while there is time for `perRoundMs` more each, at least `minimum`. */
+function roundsFitting(perRoundMs: number, reserveMs: number, minimum = 3): number {
+  const fit = Math.floor((remainingMs() - reserveMs) / Math.max(1, perRoundMs));
+  return Math.max(Math.min(ROUNDS, fit), Math.min(minimum, ROUNDS));
+}
+
+async function bootSection(kernel: Kernel, isPrimary: boolean, reserveMs: number): Promise<void> {
+  log(`boot (${kernel.name}): warm-up`);
+  const warmStart = performance.now();
+  const warmVolt = await tryRound(`warm-up volt boot ${kernel.id}`, () => bootVolt(kernel, false));
+  const warmQemu = haveQemu ? await tryRound(`warm-up qemu boot ${kernel.id}`, () => bootQemu(kernel, false)) : undefined;
+  const perRound = (performance.now() - warmStart) + (isPrimary ? 2 * (IDLE_SETTLE_MS + 500) : 0);
+  log(`boot (${kernel.name}): warm-up volt ${warmVolt ? ms(warmVolt.consoleMs) : "failed"}, qemu ${warmQemu ? ms(warmQemu.consoleMs) : "failed"}; QEMU's -append: ${cmdlineFor(kernel)}`);
+  const rounds = roundsFitting(perRound, reserveMs);
+  const volts: BootSample[] = [];
+  const qemus: BootSample[] = [];
+  for (let round = 1; round <= rounds; round++) {
+    const v = await tryRound(`volt boot ${kernel.id} round ${round}`, () => bootVolt(kernel, isPrimary));
+    if (v) volts.push(v);
+    const q = haveQemu ? await tryRound(`qemu boot ${kernel.id} round ${round}`, () => bootQemu(kernel, isPrimary)) : undefined;
+    if (q) qemus.push(q);
+    log(`boot (${kernel.id}) round ${round}/${rounds}: volt ${v ? `${ms(v.consoleMs)} to /init (bootTimeMs ${v.bootTimeMs?.toFixed(0) ?? "?"})` : "failed"}; qemu ${q ? `${ms(q.consoleMs)} to /init` : "failed"}${v?.memIdle && q?.memIdle ? `; idle overhead RSS volt ${mib(v.memIdle.overheadRssKiB).toFixed(1)} MiB, qemu ${mib(q.memIdle.overheadRssKiB).toFixed(1)} MiB; idle CPU volt ${v.idleCpuPercent?.toFixed(1)}%, qemu ${q.idleCpuPercent?.toFixed(1)}%; SIGTERM to exit volt ${v.teardownMs?.toFixed(0)} ms, qemu ${q.teardownMs?.toFixed(0)} ms` : ""}`);
+  }
+  detail[`boot-${kernel.id}`] = { volt: volts, qemu: qemus, qemuAppend: cmdlineFor(kernel) };
+  metrics.push(metric({
+    id: `boot-${kernel.id}-console`, group: "Boot time", label: `process start → /init marker on console, ${kernel.name}`, unit: "ms",
+    volt: volts.map((s) => s.consoleMs), baseline: qemus.map((s) => s.consoleMs), baselineName: "QEMU microvm",
+    how: "wall clock from spawn to the console line the initramfs /init echoes first, read from the VMM's console pipe",
+  }));
+  metrics.push(metric({
+    id: `boot-${kernel.id}-volt-timer`, group: "Boot time", label: `Volt's bootTimeMs (volt run start → boot-timer write), ${kernel.name}`, unit: "ms",
+    volt: volts.flatMap((s) => (s.bootTimeMs === undefined ? [] : [s.bootTimeMs])), baseline: [], baselineName: "QEMU (no boot timer)",
+    how: "volt run --boot-timer --json: from the run command's start to the guest's devmem write of 123 (written just after the marker)",
+  }));
+  if (isPrimary) {
+    const memoryMetric = (id: string, label: string, pick: (s: BootSample) => number | undefined, how: string) =>
+      metrics.push(metric({
+        id, group: "Memory", label, unit: "MiB",
+        volt: volts.flatMap((s) => { const v = pick(s); return v === undefined ? [] : [v]; }),
+        baseline: qemus.flatMap((s) => { const v = pick(s); return v === undefined ? [] : [v]; }),
+        baselineName: "QEMU microvm", how,
+      }));
+    memoryMetric("memory-overhead-idle", `VMM overhead RSS (all mappings but guest RAM), idle ${IDLE_SETTLE_MS / 1000} s after /init, ${kernel.id} kernel`,
+      (s) => s.memIdle && mib(s.memIdle.overheadRssKiB), "sum of Rss in /proc/PID/smaps minus the guest-RAM mapping (Volt: memfd:volt-guest-ram; QEMU: the 128 MiB anonymous RAM block)");
+    memoryMetric("memory-overhead-boot", `VMM overhead RSS at the /init marker, ${kernel.id} kernel`,
+      (s) => s.memBoot && mib(s.memBoot.overheadRssKiB), "as above, sampled when the /init marker arrived");
+    memoryMetric("memory-total-idle", `total VMM RSS (guest RAM included), idle, ${kernel.id} kernel`,
+      (s) => s.memIdle && mib(s.memIdle.totalRssKiB), "sum of Rss over every mapping of the VMM process");
+    memoryMetric("memory-overhead-pss-idle", `VMM overhead PSS (shared pages split), idle, ${kernel.id} kernel`,
+      (s) => s.memIdle && mib(s.memIdle.overheadPssKiB), "sum of Pss over all mappings but guest RAM");
+    const pick = (list: BootSample[], f: (s: BootSample) => number | undefined) => list.flatMap((s) => { const v = f(s); return v === undefined ? [] : [v]; });
+    metrics.push(metric({
+      id: "idle-cpu", group: "Idle cost", label: `VMM CPU use while the guest idles (${IDLE_SETTLE_MS / 1000} s after /init), ${kernel.id} kernel`, unit: "% of a CPU",
+      volt: pick(volts, (s) => s.idleCpuPercent), baseline: pick(qemus, (s) => s.idleCpuPercent), baselineName: "QEMU microvm",
+      how: "utime+stime of the VMM process (all threads, /proc/PID/stat) over the idle window, divided by the window",
+    }));
+    metrics.push(metric({
+      id: "teardown", group: "Teardown", label: "SIGTERM → VMM process exited (idle guest)", unit: "ms",
+      volt: pick(volts, (s) => s.teardownMs), baseline: pick(qemus, (s) => s.teardownMs), baselineName: "QEMU microvm",
+      how: "wall clock from kill(SIGTERM) to the process's exit (both stop the VM on SIGTERM)",
+    }));
+    detail.rssBreakdownMiB = { volt: volts.at(-1)?.breakdown, qemu: qemus.at(-1)?.breakdown };
+    const firstBytes = (list: BootSample[]) => list.flatMap((s) => (s.firstByteMs === undefined ? [] : [s.firstByteMs]));
+    detail.firstConsoleByteMs = { volt: firstBytes(volts), qemu: firstBytes(qemus) };
+    const guestNames = new Set([...volts, ...qemus].flatMap((s) => s.memIdle?.guestMappings ?? []));
+    detail.guestMappingsSeen = [...guestNames];
+  }
+}
+
+// ------------------------------------------------------------------ 2: start-up to the first KVM_RUN
+interface StartupSample {
+  execToCreateVmMs?: number;
+  execToFirstRunMs: number;
+}
+
+function parseStrace(path: string): StartupSample | undefined {
+  let exec: number | undefined;
+  let createVm: number | undefined;
+  let firstRun: number | undefined;
+  for (const line of readFileSync(path, "utf8").split("\n")) {
+    const m = /^\d+\s+(\d+\.\d+)\s+(\w+)\((.*)$/.exec(line);
+    if (!m) continue;
+    const ts = Number(m[1]) * 1000;
+    const call = m[2]!;
+    const args = m[3]!;
+    if (call === "execve" && exec === undefined) exec = ts;
+    if (call === "ioctl" && createVm === undefined && /KVM_CREATE_VM|0xae01\b/.test(args)) createVm = ts;
+    if (call === "ioctl" && /KVM_RUN|0xae80\b/.test(args)) {
+      firstRun = ts;
+      break;
+    }
+  }
+  if (exec === undefined || firstRun === undefined) return undefined;
+  return { execToFirstRunMs: firstRun - exec, ...(createVm !== undefined ? { execToCreateVmMs: createVm - exec } : {}) };
+}
+
+let straceRuns = 0;
+async function startupUnderStrace(argv: string[], consoleOn: "stdout" | "stderr"): Promise<StartupSample> {
+  const out = join(work, `strace-${++straceRuns}.txt`);
+  const w = spawnWatched([stracePath!, "-f", "--seccomp-bpf", "-qq", "-ttt", "-e", "trace=execve,ioctl", "-o", out, ...argv], consoleOn);
+  try {
+    // Stop at the first KVM_RUN: under strace every later KVM_RUN (each guest exit) is a ptrace stop.
+    const until = performance.now() + BOOT_TIMEOUT_MS;
+    for (;;) {
+      if (existsSync(out) && /KVM_RUN|0xae80\b/.test(readFileSync(out, "utf8"))) break;
+      if (w.proc.exitCode !== null) throw new Error(`strace exited ${w.proc.exitCode} before a KVM_RUN: ${w.other().slice(-600)}`);
+      if (performance.now() > until) throw new Error("no KVM_RUN in time");
+      await Bun.sleep(25);
+    }
+  } finally {
+    // Kill the traced VMM itself; strace then exits on its own.
+    for (const child of childrenOf(w.proc.pid)) {
+      try {
+        process.kill(child, "SIGKILL");
+      } catch {
+        // already gone
+      }
+    }
+    await stop(w, "SIGTERM", 10_000);
+  }
+  const sample = parseStrace(out);
+  if (!sample) throw new Error(`no execve/KVM_RUN in ${out}: ${readFileSync(out, "utf8").slice(0, 600)}`);
+  return sample;
+}
+
+async function startupSection(reserveMs: number): Promise<void> {
+  const kernel = primary;
+  if (!stracePath) {
+    unmeasured.push({ what: "VMM start-up to the first KVM_RUN", why: "strace is not installed where the VMs run; the row shows process start → first console byte instead (a later event)" });
+    const fb = detail.firstConsoleByteMs as { volt: number[]; qemu: number[] } | undefined;
+    metrics.push(metric({
+      id: "startup-first-console-byte", group: "Start-up (proxy)", label: "process start → first console byte (NOT first KVM_RUN: strace missing)", unit: "ms",
+      volt: fb?.volt ?? [], baseline: fb?.qemu ?? [], baselineName: "QEMU microvm", how: "first byte on the console pipe after spawn, from the boot rounds",
+    }));
+    return;
+  }
+  log("start-up under strace: warm-up");
+  const warmStart = performance.now();
+  await tryRound("warm-up volt strace", () => startupUnderStrace(voltRunArgs(kernel, bootInitrd), "stderr"));
+  if (haveQemu) await tryRound("warm-up qemu strace", () => startupUnderStrace(qemuArgs(kernel, bootInitrd), "stdout"));
+  const rounds = roundsFitting(performance.now() - warmStart, reserveMs);
+  const volts: StartupSample[] = [];
+  const qemus: StartupSample[] = [];
+  for (let round = 1; round <= rounds; round++) {
+    const v = await tryRound(`volt strace round ${round}`, () => startupUnderStrace(voltRunArgs(kernel, bootInitrd), "stderr"));
+    if (v) volts.push(v);
+    const q = haveQemu ? await tryRound(`qemu strace round ${round}`, () => startupUnderStrace(qemuArgs(kernel, bootInitrd), "stdout")) : undefined;
+    if (q) qemus.push(q);
+    const show = (s?: StartupSample) => (s ? `${ms(s.execToFirstRunMs)} (KVM_CREATE_VM at ${s.execToCreateVmMs?.toFixed(0) ?? "?"} ms)` : "failed");
+    log(`start-up round ${round}/${rounds}: volt ${show(v)}; qemu ${show(q)}`);
+  }
+  detail.startup = { volt: volts, qemu: qemus, kernel: kernel.id };
+  metrics.push(metric({
+    id: "startup-first-kvm-run", group: "Start-up", label: "execve → first KVM_RUN (under strace)", unit: "ms",
+    volt: volts.map((s) => s.execToFirstRunMs), baseline: qemus.map((s) => s.execToFirstRunMs), baselineName: "QEMU microvm",
+    how: "strace -f --seccomp-bpf -ttt -e trace=execve,ioctl: timestamp of the first KVM_RUN minus the VMM's execve",
+  }));
+  metrics.push(metric({
+    id: "startup-create-vm", group: "Start-up", label: "execve → KVM_CREATE_VM (under strace; process and runtime start-up)", unit: "ms",
+    volt: volts.flatMap((s) => (s.execToCreateVmMs === undefined ? [] : [s.execToCreateVmMs])),
+    baseline: qemus.flatMap((s) => (s.execToCreateVmMs === undefined ? [] : [s.execToCreateVmMs])), baselineName: "QEMU microvm",
+    how: "as above, to the first KVM_CREATE_VM ioctl: what the process does before it touches KVM",
+  }));
+}
+
+// ------------------------------------------------------------------ 4: exit cost
+async function exitSection(reserveMs: number): Promise<void> {
+  if (!gccPath) {
+    unmeasured.push({ what: "exit cost baseline (C KVM loop)", why: "gcc is not installed where the VMs run" });
+    return;
+  }
+  const loop = join(work, "kvm-loop");
+  const cc = Bun.spawnSync([gccPath, "-O2", "-Wall", "-Werror", "-o", loop, join(import.meta.dir, "kvm-loop.c")], { stderr: "pipe" });
+  if (cc.exitCode !== 0) {
+    unmeasured.push({ what: "exit cost baseline (C KVM loop)", why: `gcc failed: ${cc.stderr.toString().slice(0, 300)}` });
+    return;
+  }
+  const runC = async (exits: number): Promise<number> => {
+    const proc = Bun.spawn([loop, String(exits), "0x80"], { stdout: "pipe", stderr: "pipe" });
+    const [out, err, code] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);
+    if (code !== 0) throw new Error(`kvm-loop exited ${code}: ${err}`);
+    return (JSON.parse(out) as { loopNs: number }).loopNs;
+  };
+  let voltRuns = 0;
+  const runVolt = async (): Promise<Map<number, number>> => {
+    // Alternate which port goes first, so neither always runs in the fresher process.
+    const ports = voltRuns++ % 2 === 0 ? ["0x80", "0x3ff"] : ["0x3ff", "0x80"];
+    const proc = Bun.spawn([process.execPath, join(import.meta.dir, "exit-volt.ts"), String(EXITS_SMALL), String(EXITS_LARGE), ...ports], {
+      stdout: "pipe", stderr: "pipe", cwd: checkout,
+    });
+    const [out, err, code] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);
+    if (code !== 0) throw new Error(`exit-volt.ts exited ${code}: ${err.slice(-1500)}`);
+    const perPort = new Map<number, number>();
+    for (const line of out.trim().split("\n")) {
+      const r = JSON.parse(line) as { port: number; small: number; large: number; smallMs: number; largeMs: number };
+      perPort.set(r.port, ((r.largeMs - r.smallMs) * 1e6) / (r.large - r.small));
+    }
+    return perPort;
+  };
+  const runCPair = async () => {
+    const small = await runC(EXITS_SMALL);
+    const large = await runC(EXITS_LARGE);
+    return (large - small) / (EXITS_LARGE - EXITS_SMALL);
+  };
+  log(`exit cost: warm-up (guest: ${EXITS_SMALL} and ${EXITS_LARGE} OUTs to port 0x80, then HLT)`);
+  const warmStart = performance.now();
+  await tryRound("warm-up volt exits", runVolt);
+  await tryRound("warm-up C exits", runCPair);
+  const rounds = roundsFitting(performance.now() - warmStart, reserveMs);
+  const volt80: number[] = [];
+  const volt3ff: number[] = [];
+  const c: number[] = [];
+  for (let round = 1; round <= rounds; round++) {
+    const v = await tryRound(`volt exits round ${round}`, runVolt);
+    if (v?.has(0x80)) volt80.push(v.get(0x80)!);
+    if (v?.has(0x3ff)) volt3ff.push(v.get(0x3ff)!);
+    const k = await tryRound(`C exits round ${round}`, runCPair);
+    if (k !== undefined) c.push(k);
+    log(`exit cost round ${round}/${rounds}: volt ${v?.get(0x80)?.toFixed(0) ?? "?"} ns/exit (UART scratch register: ${v?.get(0x3ff)?.toFixed(0) ?? "?"}), C loop ${k?.toFixed(0) ?? "?"} ns/exit`);
+  }
+  metrics.push(metric({
+    id: "exit-port-io", group: "Exit cost", label: "guest OUT to an unclaimed port (0x80) → back in the guest", unit: "ns/exit",
+    volt: volt80, baseline: c, baselineName: "C KVM loop",
+    how: `(time for ${EXITS_LARGE} exits − time for ${EXITS_SMALL}) / ${EXITS_LARGE - EXITS_SMALL}; Volt: its vCPU worker in machine mode (bus lookup, no device); C: bench/kvm-loop.c`,
+  }));
+  metrics.push(metric({
+    id: "exit-uart-scratch", group: "Exit cost", label: "guest OUT to the UART scratch register (0x3ff, a real Volt device) → back", unit: "ns/exit",
+    volt: volt3ff, baseline: c, baselineName: "C KVM loop (no device)",
+    how: "as above, but Volt dispatches to its 16550A model (shared-state lock); the C loop handles every exit the same way",
+  }));
+}
+
+// ------------------------------------------------------------------ 5: snapshot and restore
+async function restoreSection(reserveMs: number): Promise<void> {
+  const kernel = primary;
+  const voltSocket = join(work, "volt-api.sock");
+  const qmpSocket = join(work, "qmp.sock");
+  log("restore: booting the counter guest under both VMMs");
+  const voltSource = spawnWatched([volt, "run", "--kernel", kernel.path, "--initrd", counterInitrd, "--mem", String(MEM_MIB), "--vcpus", "1", "--cmdline", EXTRA_CMDLINE, "--api-socket", voltSocket, "--json"], "stderr");
+  const qemuSource = haveQemu ? spawnWatched(qemuArgs(kernel, counterInitrd, ["-qmp", `unix:${qmpSocket},server=on,wait=off`]), "stdout") : undefined;
+  let qmp: Qmp | undefined;
+  const creates: { volt: number[]; qemu: number[]; voltPausedMs: number[]; voltMem: number[]; qemuMem: number[] } = { volt: [], qemu: [], voltPausedMs: [], voltMem: [], qemuMem: [] };
+  let voltSnapshot: string | undefined;
+  let qemuState: string | undefined;
+  try {
+    await voltSource.waitFor(/BENCH-TICK 3\b/, BOOT_TIMEOUT_MS);
+    if (qemuSource) {
+      await qemuSource.waitFor(/BENCH-TICK 3\b/, BOOT_TIMEOUT_MS);
+      qmp = await Qmp.connect(qmpSocket);
+    }
+    const rounds = roundsFitting(8_000, reserveMs);
+    for (let round = 0; round <= rounds; round++) {
+      // Round 0 is the warm-up.
+      const dir = join(work, `volt-snap-${round}`);
+      const t0 = performance.now();
+      const created = Bun.spawnSync([volt, "snapshot", "create", "--api-socket", voltSocket, dir, "--json"], { env: voltEnv, timeout: 120_000 });
+      const voltMs = performance.now() - t0;
+      const body = parseJson(created.stdout.toString());
+      if (created.exitCode !== 0) throw new Error(`volt snapshot create exited ${created.exitCode}: ${created.stderr.toString().slice(-800)}`);
+      const voltMem = sampleMemory(voltSource.proc.pid, voltGuest);
+      let qemuMs: number | undefined;
+      let qemuMem: MemorySample | undefined;
+      if (qmp && qemuSource) {
+        const file = join(work, `qemu-state-${round}`);
+        const q0 = performance.now();
+        await qmp.execute("migrate", { uri: `exec:cat > ${file}` });
+        for (;;) {
+          const status = (await qmp.execute("query-migrate")) as { status?: string; "error-desc"?: string };
+          if (status.status === "completed") break;
+          if (status.status === "failed" || status.status === "cancelled") throw new Error(`QEMU migration ${status.status}: ${status["error-desc"] ?? ""}`);
+          await Bun.sleep(5);
+        }
+        qemuMs = performance.now() - q0;
+        qemuMem = sampleMemory(qemuSource.proc.pid, qemuGuest);
+        // The source stops after a completed migration; let it run on, as Volt's does.
+        await qmp.execute("cont");
+        qemuState = file;
+      }
+      voltSnapshot = dir;
+      const paused = (body?.snapshot as { pausedMs?: number } | undefined)?.pausedMs;
+      log(`snapshot ${round === 0 ? "warm-up" : `round ${round}/${rounds}`}: volt snapshot create ${ms(voltMs)}${paused !== undefined ? ` (guest paused ${ms(paused)})` : ""}; qemu migrate to file ${qemuMs === undefined ? "n/a" : ms(qemuMs)}`);
+      if (round === 0) continue;
+      creates.volt.push(voltMs);
+      if (paused !== undefined) creates.voltPausedMs.push(paused);
+      creates.voltMem.push(mib(voltMem.overheadRssKiB));
+      if (qemuMs !== undefined) creates.qemu.push(qemuMs);
+      if (qemuMem) creates.qemuMem.push(mib(qemuMem.overheadRssKiB));
+    }
+  } finally {
+    qmp?.close();
+    await finish(voltSource);
+    if (qemuSource) await finish(qemuSource);
+  }
+  metrics.push(metric({
+    id: "snapshot-create", group: "Snapshot", label: "snapshot a running 128 MiB guest to a file (command start → done)", unit: "ms",
+    volt: creates.volt, baseline: creates.qemu, baselineName: "QEMU migrate exec:cat>file",
+    how: "Volt: `volt snapshot create --api-socket` process start to exit; QEMU: QMP migrate to exec:cat until query-migrate says completed (files on tmpfs)",
+  }));
+  metrics.push(metric({
+    id: "memory-overhead-after-snapshot", group: "Memory", label: "VMM overhead RSS right after a snapshot", unit: "MiB",
+    volt: creates.voltMem, baseline: creates.qemuMem, baselineName: "QEMU microvm",
+    how: "smaps Rss minus guest RAM, sampled once the snapshot (or migration) completed",
+  }));
+  detail.snapshotCreate = creates;
+  if (!voltSnapshot) return;
+  const snapshotBytes = statSync(join(voltSnapshot, "memory.raw")).blocks * 512;
+  detail.snapshotFiles = { voltMemoryRawAllocatedBytes: snapshotBytes, qemuStateBytes: qemuState ? statSync(qemuState).size : undefined };
+
+  const restoreVolt = async () => {
+    const w = spawnWatched([volt, "snapshot", "restore", voltSnapshot!, "--json"], "stderr");
+    try {
+      const tick = await w.waitFor(TICK_LINE, 120_000);
+      const latency = tick.at - w.spawnedAt;
+      await Bun.sleep(1_000);
+      return { latency, mem: sampleMemory(w.proc.pid, voltGuest) };
+    } finally {
+      await finish(w);
+    }
+  };
+  const restoreQemu = async () => {
+    const w = spawnWatched(qemuArgs(kernel, counterInitrd, ["-incoming", `exec:cat ${qemuState!}`]), "stdout");
+    try {
+      const tick = await w.waitFor(TICK_LINE, 120_000);
+      const latency = tick.at - w.spawnedAt;
+      await Bun.sleep(1_000);
+      return { latency, mem: sampleMemory(w.proc.pid, qemuGuest) };
+    } finally {
+      await finish(w);
+    }
+  };
+  log("restore: warm-up");
+  const warmStart = performance.now();
+  await tryRound("warm-up volt restore", restoreVolt);
+  if (qemuState) await tryRound("warm-up qemu restore", restoreQemu);
+  const rounds = roundsFitting(performance.now() - warmStart, reserveMs);
+  const volts: { latency: number; mem: MemorySample }[] = [];
+  const qemus: { latency: number; mem: MemorySample }[] = [];
+  for (let round = 1; round <= rounds; round++) {
+    const v = await tryRound(`volt restore round ${round}`, restoreVolt);
+    if (v) volts.push(v);
+    const q = qemuState ? await tryRound(`qemu restore round ${round}`, restoreQemu) : undefined;
+    if (q) qemus.push(q);
+    log(`restore round ${round}/${rounds}: volt ${v ? ms(v.latency) : "failed"}; qemu ${q ? ms(q.latency) : "failed"}`);
+  }
+  metrics.push(metric({
+    id: "restore-latency", group: "Restore", label: "restore command start → first counter line from the restored guest", unit: "ms",
+    volt: volts.map((r) => r.latency), baseline: qemus.map((r) => r.latency), baselineName: "QEMU -incoming exec:cat",
+    how: "the guest prints a counter every 50 ms (read -t 0.05): wall clock from spawn of `volt snapshot restore DIR` / `qemu ... -incoming exec:cat FILE` to the first complete counter line",
+  }));
+  metrics.push(metric({
+    id: "memory-overhead-restored", group: "Memory", label: "VMM overhead RSS of a restored VM, 1 s after its first counter line", unit: "MiB",
+    volt: volts.map((r) => mib(r.mem.overheadRssKiB)), baseline: qemus.map((r) => mib(r.mem.overheadRssKiB)), baselineName: "QEMU microvm",
+    how: "smaps Rss minus guest RAM (Volt: the copy-on-write mapping of memory.raw; QEMU: its RAM block)",
+  }));
+  detail.restore = {
+    voltGuestRssMiB: volts.map((r) => mib(r.mem.guestRssKiB)),
+    qemuGuestRssMiB: qemus.map((r) => mib(r.mem.guestRssKiB)),
+  };
+}
+
+// ------------------------------------------------------------------ 6: density
+async function densitySection(): Promise<void> {
+  const windowMs = DENSITY_S * 1000;
+  const maxVms = positiveInt("BENCH_DENSITY_MAX", 32);
+  const result: Record<string, unknown> = { windowS: DENSITY_S, maxVms };
+  const counts: Record<"volt" | "qemu", number> = { volt: 0, qemu: 0 };
+  const perVmOverhead: Record<"volt" | "qemu", number[]> = { volt: [], qemu: [] };
+  const perVmPss: Record<"volt" | "qemu", number[]> = { volt: [], qemu: [] };
+  for (const which of haveQemu ? (["volt", "qemu"] as const) : (["volt"] as const)) {
+    const vms: Watched[] = [];
+    const windowStart = performance.now();
+    const steps: { count: number; atS: number; meanOverheadMiB: number; meanOverheadPssMiB: number; memAvailableMiB: number }[] = [];
+    let stoppedBy = "window";
+    try {
+      while (performance.now() - windowStart < windowMs) {
+        if (vms.length >= maxVms) {
+          stoppedBy = `the cap of ${maxVms} VMs`;
+          break;
+        }
+        const available = memAvailableMiB();
+        if (available < 768) {
+          stoppedBy = `memory (MemAvailable ${available.toFixed(0)} MiB)`;
+          break;
+        }
+        const w = which === "volt" ? spawnWatched(voltRunArgs(primary, bootInitrd), "stderr") : spawnWatched(qemuArgs(primary, bootInitrd), "stdout");
+        vms.push(w);
+        const left = windowMs - (performance.now() - windowStart);
+        try {
+          await w.waitFor(INIT_MARKER, Math.max(1, left));
+        } catch {
+          stoppedBy = "window (the last VM had not reached /init)";
+          break;
+        }
+        const samples = vms.map((vm) => sampleMemory(vm.proc.pid, which === "volt" ? voltGuest : qemuGuest));
+        const mean = (f: (m: MemorySample) => number) => mib(samples.reduce((sum, m) => sum + f(m), 0) / samples.length);
+        steps.push({
+          count: vms.length,
+          atS: (performance.now() - windowStart) / 1000,
+          meanOverheadMiB: mean((m) => m.overheadRssKiB),
+          meanOverheadPssMiB: mean((m) => m.overheadPssKiB),
+          memAvailableMiB: memAvailableMiB(),
+        });
+      }
+    } finally {
+      await Promise.all(vms.map((vm) => stop(vm, "SIGKILL")));
+    }
+    counts[which] = steps.length;
+    perVmOverhead[which] = steps.map((s) => s.meanOverheadMiB);
+    perVmPss[which] = steps.map((s) => s.meanOverheadPssMiB);
+    result[which] = { reached: steps.length, stoppedBy, steps };
+    log(`density: ${which}: ${steps.length} VMs reached /init within ${DENSITY_S} s (started one after another; stopped by ${stoppedBy}); mean overhead per VM at the end: RSS ${steps.at(-1)?.meanOverheadMiB.toFixed(1) ?? "?"} MiB, PSS ${steps.at(-1)?.meanOverheadPssMiB.toFixed(1) ?? "?"} MiB`);
+    await Bun.sleep(2_000);
+  }
+  detail.density = result;
+  metrics.push(metric({
+    id: "density-count", group: "Density", label: `128 MiB VMs started one after another that reached /init within ${DENSITY_S} s (all kept running)`, unit: "VMs",
+    volt: [counts.volt], baseline: haveQemu ? [counts.qemu] : [], baselineName: "QEMU microvm",
+    how: "one run per VMM (n=1): start a VM, wait for its /init marker, start the next, until the window ends; higher is better",
+  }));
+  metrics.push(metric({
+    id: "density-overhead", group: "Density", label: "mean overhead RSS per VM as the count grows (one sample per count)", unit: "MiB",
+    volt: perVmOverhead.volt, baseline: perVmOverhead.qemu, baselineName: "QEMU microvm",
+    how: "after each VM reaches /init: mean over all running VMs of smaps Rss minus guest RAM",
+  }));
+  metrics.push(metric({
+    id: "density-overhead-pss", group: "Density", label: "mean overhead PSS per VM as the count grows (shared executable pages split)", unit: "MiB",
+    volt: perVmPss.volt, baseline: perVmPss.qemu, baselineName: "QEMU microvm",
+    how: "as above with Pss: pages of the VMM binary and libraries shared by N VMs count 1/N to each",
+  }));
+}
+
+function memAvailableMiB(): number {
+  const m = /MemAvailable:\s+(\d+) kB/.exec(readFileSync("/proc/meminfo", "utf8"));
+  return m ? Number(m[1]) / 1024 : freemem() / 2 ** 20;
+}
+
+// ------------------------------------------------------------------ run
+// Rough time each later section needs, kept in reserve by the earlier ones.
+const RESERVE = { startup: 60_000, exits: 60_000, restore: 90_000, density: DENSITY_S > 0 ? DENSITY_S * 2_000 + 30_000 : 0 };
+async function section(name: string, body: () => Promise<void>): Promise<void> {
+  try {
+    await body();
+  } catch (error) {
+    log(`section ${name} FAILED: ${(error as Error).stack ?? (error as Error).message}`);
+    unmeasured.push({ what: name, why: `failed in this run: ${(error as Error).message.slice(0, 300)}` });
+  }
+}
+
+const laterReserve = (...names: (keyof typeof RESERVE)[]) => names.reduce((sum, n) => sum + RESERVE[n], 0);
+await section(`boot time (${primary.name})`, () => bootSection(primary, true, laterReserve("startup", "exits", "restore", "density") + 120_000 * (localKernels.length - 1)));
+await section("start-up", () => startupSection(laterReserve("exits", "restore", "density") + 120_000 * (localKernels.length - 1)));
+await section("exit cost", () => exitSection(laterReserve("restore", "density") + 120_000 * (localKernels.length - 1)));
+await section("snapshot and restore", () => restoreSection(laterReserve("density") + 120_000 * (localKernels.length - 1)));
+for (const kernel of localKernels.slice(1)) {
+  await section(`boot time (${kernel.name})`, () => bootSection(kernel, false, laterReserve("density")));
+}
+if (DENSITY_S > 0 && remainingMs() > RESERVE.density) await section("density", densitySection);
+else unmeasured.push({ what: "density", why: DENSITY_S > 0 ? "skipped: not enough of the time budget left" : "skipped (BENCH_DENSITY_S=0)" });
+
+unmeasured.push(
+  { what: "block and network throughput", why: "not in this benchmark yet: it needs a guest image with a load generator (fio/iperf-like) for both VMMs and, for QEMU, the same virtio-mmio devices; left for a follow-up" },
+  { what: "clone latency", why: "Volt's in-memory snapshot/clone command was not part of the committed CLI when this benchmark was written; a restore of a file snapshot is measured instead" },
+);
+
+// ------------------------------------------------------------------ results
+const host = env.BENCH_HOST ? (JSON.parse(env.BENCH_HOST) as Results["machine"]["host"]) : machineHere();
+const mode = (env.BENCH_KVM_MODE as "native" | "nested" | undefined) ?? "native";
+if (env.BENCH_HOST_LOAD) {
+  const hostLoad = JSON.parse(env.BENCH_HOST_LOAD) as { loadavg: string; otherProcesses: string[] };
+  detail.hostAtStart = hostLoad;
+  if (hostLoad.otherProcesses.length > 0) {
+    notes.push(`Other work was running on the host when this run started (load average ${hostLoad.loadavg}; ${hostLoad.otherProcesses.length} busy processes such as another nested L1): both VMMs' rounds share that noise, interleaved, but spreads are wider.`);
+  }
+}
+if (mode === "nested") {
+  notes.push("KVM was nested: the guests ran under KVM inside an emulated L1 (QEMU TCG with an emulated AMD SVM CPU). Every exit and page fault costs many times what it does on hardware; compare ratios, not absolute times.");
+}
+notes.push(`Boot: the kernel command line is Volt's (${cmdlineFor(primary)}) for both VMMs; "quiet" keeps the boot log off the serial console, which would otherwise dominate (each byte is a port-I/O exit in both VMMs).`);
+notes.push("Volt runs from a copy of dist/volt on local tmpfs; QEMU is the system binary. One warm-up round per VMM and section is discarded.");
+const results: Results = {
+  schema: 1,
+  date: new Date().toISOString(),
+  kvm: { mode, reason: env.BENCH_KVM_REASON ?? "" },
+  machine: { host, runner: { ...machineHere(), kernel: Bun.spawnSync(["uname", "-r"]).stdout.toString().trim() } },
+  versions: {
+    volt: env.BENCH_VOLT_COMMIT ?? "unknown",
+    bun: Bun.version,
+    qemu: qemuVersion,
+    kernels: localKernels.map((k) => `${k.id}: ${basename(kernels.find((o) => o.id === k.id)!.path)}`).join(", "),
+  },
+  rounds: ROUNDS,
+  durationS: (performance.now() - started) / 1000,
+  metrics,
+  unmeasured,
+  notes,
+  detail,
+};
+writeResults(RESULTS_DIR, results);
+const historyDir = join(RESULTS_DIR, "history");
+mkdirSync(historyDir, { recursive: true });
+writeFileSync(join(historyDir, `${results.date.replaceAll(":", "-").slice(0, 19)}.json`), `${JSON.stringify(results, null, 2)}\n`);
+log(`results written to ${RESULTS_DIR} (latest.json, latest.md, one SVG per metric)`);
+console.log(renderTable(results));
+
+function machineHere(): { nproc: number; cpu: string; memGiB: number } {
+  const model = /^model name\s*:\s*(.+)$/m.exec(readFileSync("/proc/cpuinfo", "utf8"))?.[1]?.trim() ?? cpus()[0]?.model ?? "unknown";
+  return { nproc: cpus().length, cpu: model, memGiB: Math.round((totalmem() / 2 ** 30) * 10) / 10 };
+}
+
+function positiveInt(name: string, fallback: number): number {
+  const raw = env[name];
+  if (raw === undefined || raw === "") return fallback;
+  const value = Number(raw);
+  if (!Number.isInteger(value) || value <= 0) {
+    console.error(`bench: ${name}=${raw} is not a positive whole number`);
+    process.exit(2);
+  }
+  return value;
+}

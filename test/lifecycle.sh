@@ -22,7 +22,7 @@ IDS=(lc-one lc-two lc-three)
 PIDS=()
 STARTED=()
 
-step() { echo "lifecycle.sh: $*"; }
+step() { echo "lifecycle.sh: [${SECONDS}s] $*"; }
 fail() {
   echo "lifecycle.sh: FAILED: $*" >&2
   exit 1

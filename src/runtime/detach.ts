@@ -74,7 +74,8 @@ export function childRunArgs(runArgs: readonly string[], id: string): string[] {
     if (arg.startsWith("--id=")) continue;
     out.push(arg);
   }
-  return [...out, "--id", id, DETACHED_CHILD_FLAG];
+  // --json: the child's one JSON document (its outcome, or why it could not start) lands in volt.log for the parent to read.
+  return [...out, ...(out.includes("--json") ? [] : ["--json"]), "--id", id, DETACHED_CHILD_FLAG];
 }
 
 export async function startDetached(options: DetachOptions): Promise<DetachedVm> {
@@ -140,6 +141,11 @@ function childFailure(id: string, root: string, exited: { code: number | null; s
   const record: ExitRecord | undefined = entry.exit;
   if (record?.error) return new DetachError(record.error.kind, record.error.message, record.exitCode);
   if (record) return new DetachError("vm-ended", `the VM ended before its API answered: ${record.detail ?? record.outcome ?? "no detail"}`, record.exitCode || 6);
+  // Failed before it had a runtime record (bad input is checked first): its JSON error document is the last thing in volt.log.
+  const reported = lastJsonDocument(vmPaths(id, root).processLog) as { ok?: boolean; error?: { kind?: string; message?: string } } | undefined;
+  if (reported?.ok === false && typeof reported.error?.message === "string") {
+    return new DetachError(reported.error.kind ?? "vm-died", reported.error.message, exited?.code ?? 1);
+  }
   const how = exited?.signal ? `was killed by ${exited.signal}` : `exited with status ${exited?.code ?? "?"}`;
   return new DetachError("vm-died", `the background volt ${how} before its API answered${logTail(vmPaths(id, root).processLog)}`, 6);
 }
@@ -151,4 +157,23 @@ function logTail(path: string): string {
   } catch {
     return "";
   }
+}
+
+/** The last JSON document in a file (volt prints one, pretty-printed, as its last output), or undefined. */
+function lastJsonDocument(path: string): unknown {
+  let text: string;
+  try {
+    text = readFileSync(path, "utf8").trimEnd();
+  } catch {
+    return undefined;
+  }
+  const starts = [...text.matchAll(/^\{/gm)].map((match) => match.index);
+  for (const start of starts.reverse()) {
+    try {
+      return JSON.parse(text.slice(start));
+    } catch {
+      // Not where the document starts (a "{" line inside it, or other output): try the one before.
+    }
+  }
+  return undefined;
 }

@@ -31,6 +31,7 @@ import { SnapshotError } from "../snapshot/format.ts";
 import { FirecrackerApi } from "./firecracker.ts";
 import type { InMemorySnapshot } from "../snapshot/files.ts";
 import { snapshotVm, snapshotVmInMemory } from "../vmm/snapshot.ts";
+import { snapshotDirAllowed } from "../sandbox/policy.ts";
 import type { RunningVm } from "../vmm/vmm.ts";
 
 const DiskSnapshotRequest = v.strictObject(
@@ -86,6 +87,12 @@ export interface ApiHandler {
 export interface ApiOptions {
   /** The Firecracker routes' state (`volt api` passes the one that configured the VM); default: built from the VM's config. */
   readonly firecracker?: FirecrackerApi;
+  /**
+   * Under the sandbox, the only directories disk snapshots may go to (the
+   * Landlock policy allows writing nowhere else); a request for another
+   * directory is refused with 403 naming the allowed ones.
+   */
+  readonly snapshotDirs?: readonly string[];
 }
 
 /** The control API's request handler for a running VM, for any server (startApiServer's, or `volt api`'s after InstanceStart). */
@@ -98,7 +105,7 @@ export function createApiHandler(vm: RunningVm, options: ApiOptions = {}): ApiHa
       backend: { snapshot: (running, dir) => snapshotVm(running as RunningVm, dir, { force: true }) },
       running: { vm, config: vm.built.config },
     });
-  const context: Context = { vm, inMemory, newId: () => `mem-${nextId++}`, firecracker };
+  const context: Context = { vm, inMemory, newId: () => `mem-${nextId++}`, firecracker, snapshotDirs: options.snapshotDirs };
   return {
     handle: (request) => handle(request, context),
     close() {
@@ -159,6 +166,7 @@ interface Context {
   readonly inMemory: Map<string, InMemorySnapshot>;
   newId(): string;
   readonly firecracker: FirecrackerApi;
+  readonly snapshotDirs: readonly string[] | undefined;
 }
 
 const MEMORY_SNAPSHOT_PATH = /^\/snapshot\/memory\/([A-Za-z0-9-]+)$/;
@@ -209,6 +217,12 @@ async function handle(request: Request, context: Context): Promise<Response> {
           return reply(200, { ok: true, snapshot: { id, ...summary }, state: vm.state });
         }
         const { dir, force, chunkStore } = parsed.output;
+        for (const target of [dir, ...(chunkStore !== undefined ? [chunkStore] : [])]) {
+          if (!snapshotDirAllowed(target, context.snapshotDirs)) {
+            const allowed = context.snapshotDirs!.length > 0 ? `allowed: ${context.snapshotDirs!.join(", ")}` : "start volt with --snapshot-dir DIR to allow one";
+            return failure(403, "snapshot-dir", `the sandbox does not let this VM write to ${target} (${allowed})`);
+          }
+        }
         const result = await snapshotVm(vm, dir, { force: force ?? false, ...(chunkStore !== undefined ? { chunkStore } : {}) });
         return reply(200, { ok: true, snapshot: result, state: vm.state });
       }

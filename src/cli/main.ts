@@ -10,6 +10,7 @@ import { kvmCheckCommand } from "./commands/kvm-check.ts";
 import { lifecycleCommands } from "./commands/lifecycle.ts";
 import { runCommand } from "./commands/run.ts";
 import { snapshotCommand } from "./commands/snapshot.ts";
+import { sandboxCommand } from "./commands/sandbox.ts";
 
 export const mainCommand = defineCommand({
   meta: {
@@ -20,6 +21,7 @@ export const mainCommand = defineCommand({
   subCommands: {
     run: runCommand,
     snapshot: snapshotCommand,
+    sandbox: sandboxCommand,
     "kvm-check": kvmCheckCommand,
     kernel: kernelCommand,
     image: imageCommand,

@@ -48,7 +48,8 @@ export function rejectUnknownFlags(rawArgs: readonly string[], known: Record<str
   for (const arg of rawArgs) {
     if (arg === "--") break;
     if (!arg.startsWith("-") || arg === "-") continue;
-    const name = arg.replace(/^--?/, "").replace(/=.*$/, "").replace(/^no-/, "");
-    if (!names.has(name)) throw usageError(`unknown option '${arg}' (see --help)`);
+    const name = arg.replace(/^--?/, "").replace(/=.*$/, "");
+    // citty reads --no-X as X=false; a flag literally named no-X (--no-sandbox) is known as itself.
+    if (!names.has(name) && !names.has(name.replace(/^no-/, ""))) throw usageError(`unknown option '${arg}' (see --help)`);
   }
 }

@@ -38,6 +38,8 @@ export interface SessionOptions {
   readonly startedAtMs: number;
   readonly apiSocket?: string;
   readonly restore?: DeviceSnapshot;
+  /** Under the sandbox: where the API may write disk snapshots (elsewhere is refused with a clear error). */
+  readonly snapshotDirs?: readonly string[];
 }
 
 /** Runs `built` to its outcome (disposing it after), with the API served meanwhile when asked. */
@@ -52,7 +54,7 @@ export async function runSession(built: BuiltVm, options: SessionOptions): Promi
     });
     if (options.apiSocket !== undefined) {
       try {
-        api = await startApiServer(options.apiSocket, running);
+        api = await startApiServer(options.apiSocket, running, options.snapshotDirs !== undefined ? { snapshotDirs: options.snapshotDirs } : {});
       } catch (error) {
         running.stop("error", `cannot serve the API on ${options.apiSocket}: ${(error as Error).message}`);
       }

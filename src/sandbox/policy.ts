@@ -286,3 +286,13 @@ export function vmLandlockPolicy(needs: VmPathNeeds, facts: RuntimeFacts = runti
 export function socketDirs(paths: readonly (string | undefined)[]): string[] {
   return [...new Set(paths.filter((path): path is string => path !== undefined).map((path) => dirname(resolve(path))))];
 }
+
+/** Whether a snapshot directory lies inside one of the allowed ones (every snapshot dir when there is no list). */
+export function snapshotDirAllowed(dir: string, allowed: readonly string[] | undefined): boolean {
+  if (allowed === undefined) return true;
+  const target = resolve(dir);
+  return allowed.some((root) => {
+    const base = resolve(root);
+    return target === base || target.startsWith(`${base}/`);
+  });
+}

@@ -33,3 +33,17 @@ export function requireKvm(): boolean {
   console.warn(`${banner}\n# SKIPPING KVM TESTS: ${reason}\n# ${advice}\n${banner}`);
   return false;
 }
+
+/**
+ * seccomp kills and logged denials ("audit: type=1326 ... syscall=N") in the
+ * kernel log, so a test can show a sandboxed VM ran without one. Returns the
+ * matching lines; empty when the log cannot be read (then there is nothing to show).
+ */
+export function sandboxViolations(): string[] {
+  const dmesg = Bun.spawnSync(["dmesg"]);
+  if (dmesg.exitCode !== 0) return [];
+  return dmesg.stdout
+    .toString()
+    .split("\n")
+    .filter((line) => /type=1326|seccomp|landlock.*denied/i.test(line));
+}

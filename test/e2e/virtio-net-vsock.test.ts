@@ -12,7 +12,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "no
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { buildInitramfs } from "../../src/image/initramfs.ts";
-import { requireKvm } from "./kvm.ts";
+import { requireKvm, sandboxViolations } from "./kvm.ts";
 
 const root = join(import.meta.dir, "..", "..");
 const volt = join(root, "dist", "volt");
@@ -24,6 +24,8 @@ afterAll(() => {
 });
 
 const kvmUsable = requireKvm();
+/** The kernel log before these VMs ran: they run sandboxed (Volt's default) and must add no violation. */
+const violationsBefore = kvmUsable ? sandboxViolations().length : 0;
 const kernel = process.env.VOLT_TEST_VMLINUX ?? process.env.VOLT_TEST_BZIMAGE;
 const modules = (process.env.VOLT_TEST_VMLINUX_MODULES ?? "").split(":").filter((m) => m !== "");
 const MiB = 1024 * 1024;
@@ -143,6 +145,9 @@ describe.skipIf(!kvmUsable)(`virtio-net and virtio-vsock on a real guest (${proc
     expect(shaOf("VOLT-VSOCK-IN-SHA")).toBe(sha256(vsockToGuest));
     expect(JSON.parse(outcome)).toMatchObject({ ok: true, outcome: "poweroff" });
     expect(exitCode).toBe(0);
+  });
+  test("the sandboxed VMs above caused no seccomp kill or Landlock denial in the kernel log", () => {
+    expect(sandboxViolations().slice(violationsBefore)).toEqual([]);
   });
 });
 

@@ -8,7 +8,7 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "nod
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { buildInitramfs } from "../../src/image/initramfs.ts";
-import { requireKvm } from "./kvm.ts";
+import { requireKvm, sandboxViolations } from "./kvm.ts";
 
 const root = join(import.meta.dir, "..", "..");
 const volt = join(root, "dist", "volt");
@@ -16,6 +16,8 @@ const work = mkdtempSync(join(tmpdir(), "volt-virtio-"));
 afterAll(() => rmSync(work, { recursive: true, force: true }));
 
 const kvmUsable = requireKvm();
+/** The kernel log before these VMs ran: they run sandboxed (Volt's default) and must add no violation. */
+const violationsBefore = kvmUsable ? sandboxViolations().length : 0;
 const kernel = process.env.VOLT_TEST_VMLINUX ?? process.env.VOLT_TEST_BZIMAGE;
 const modules = (process.env.VOLT_TEST_VMLINUX_MODULES ?? "").split(":").filter((m) => m !== "");
 
@@ -118,5 +120,9 @@ describe.skipIf(!kvmUsable)(`virtio devices on a real guest (${process.env.VOLT_
     const rawAfter = readFileSync(raw);
     expect(rawAfter.subarray(0, PATTERN_BYTES).equals(pattern())).toBe(true);
     expect(rawAfter.subarray(PATTERN_BYTES).every((b) => b === 0)).toBe(true);
+  });
+
+  test("the sandboxed VMs above caused no seccomp kill or Landlock denial in the kernel log", () => {
+    expect(sandboxViolations().slice(violationsBefore)).toEqual([]);
   });
 });

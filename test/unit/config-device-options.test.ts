@@ -43,7 +43,7 @@ describe("--net and --vsock", () => {
   test.each([
     [() => parseNetOption("mac=52:54:00:00:00:01"), "tap=NAME is required"],
     [() => parseNetOption("tap=t0,mac="), "mac= needs an address"],
-    [() => parseNetOption("tap=t0,queues=2"), "unknown key 'queues' (known: tap, mac)"],
+    [() => parseNetOption("tap=t0,queues=2"), "unknown key 'queues' (known: tap, mac, rx-bps, tx-bps)"],
     [() => parseVsockOption("cid=2,uds=/x"), "cid=N must be a whole number from 3"],
     [() => parseVsockOption("cid=three,uds=/x"), "cid=N must be a whole number from 3"],
     [() => parseVsockOption("cid=3"), "uds=PATH is required"],

@@ -102,7 +102,7 @@ describe("virtio I/O thread", () => {
     expect(memory.read(BUFFER, 64).some((byte) => byte !== 0)).toBe(true);
     expect(read32(VIRTIO_MMIO.INTERRUPT_STATUS) & 1).toBe(1);
     write32(VIRTIO_MMIO.INTERRUPT_ACK, 1);
-  });
+  }, 30_000);
 
   test("a notification that arrives through the transport (no ioeventfd) is served too", () => {
     driverQueuesBuffer(1, 32);
@@ -111,11 +111,11 @@ describe("virtio I/O thread", () => {
     drainEventfd(slot.irqEventFd);
     expect(memory.readU16(USED + 2)).toBe(2);
     expect(memory.readU32(USED + 12 + 4)).toBe(32);
-  });
+  }, 30_000);
 
   test("counters can be read while the thread runs and while it is paused", async () => {
     expect(await io.stats()).toEqual([{ kind: "rng", requests: 2, bytes: 64 + 32 }]);
-  });
+  }, 30_000);
 
   test("pause reports where each queue stands and serves nothing until resume", async () => {
     const states = await io.pause();
@@ -130,7 +130,7 @@ describe("virtio I/O thread", () => {
     expect(pollReadable([slot.irqEventFd], 10_000)).toEqual([true]);
     drainEventfd(slot.irqEventFd);
     expect(memory.readU16(USED + 2)).toBe(3);
-  });
+  }, 30_000);
 
   test("a driver that breaks the ring gets DEVICE_NEEDS_RESET and an error report, and the thread keeps running", async () => {
     // An available index far beyond the queue size: a broken driver.
@@ -149,7 +149,7 @@ describe("virtio I/O thread", () => {
     signalEventfd(slot.queueEventFds[0]!);
     expect(pollReadable([slot.irqEventFd], 10_000)).toEqual([true]);
     expect(memory.readU16(USED + 2)).toBe(1);
-  });
+  }, 30_000);
 
   test("a reset and a full re-init that land before the thread looks still replace the old queue", () => {
     // A second transport instance whose status writes do not wake the I/O thread: the thread sees only the end state.
@@ -182,7 +182,7 @@ describe("virtio I/O thread", () => {
     expect(pollReadable([slot.irqEventFd], 10_000)).toEqual([true]);
     expect(memory.readU16(NEW_USED + 2)).toBe(1);
     expect(memory.readU32(NEW_USED + 8)).toBe(8);
-  });
+  }, 30_000);
 
   test("stops on request and reports per-device counters", async () => {
     io.stop();
@@ -190,7 +190,7 @@ describe("virtio I/O thread", () => {
     expect(result.error).toBeUndefined();
     expect(result.stats).toEqual([{ kind: "rng", requests: 5, bytes: 64 + 32 + 8 + 16 + 8 }]);
     io.terminate();
-  });
+  }, 30_000);
 });
 
 describe("virtio I/O thread restored from a paused one", () => {
@@ -210,5 +210,5 @@ describe("virtio I/O thread restored from a paused one", () => {
     resumed.stop();
     expect((await resumed.finished).stats).toEqual([{ kind: "rng", requests: 1, bytes: 24 }]);
     resumed.terminate();
-  });
+  }, 30_000);
 });

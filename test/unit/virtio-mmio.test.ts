@@ -600,7 +600,9 @@ describe("virtio-mmio: one state, many threads", () => {
       // Watch from this thread under the same lock until the worker is done.
       let finished = false;
       void done.then(() => (finished = true));
-      while (!finished) {
+      // Bounded: on a loaded machine the worker may be slow, but a runaway loop must not outlive the test.
+      const deadline = performance.now() + 25_000;
+      while (!finished && performance.now() < deadline) {
         seen.add(env.side.status());
         await Bun.sleep(0);
       }
@@ -611,5 +613,5 @@ describe("virtio-mmio: one state, many threads", () => {
     } finally {
       worker.terminate();
     }
-  });
+  }, 30_000);
 });

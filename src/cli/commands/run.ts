@@ -3,12 +3,17 @@ import { DriveOptionError, parseDriveOption, parseNetOption, parseVsockOption, r
 import { ConfigFileError, loadVmFile, type VmFile } from "../../config/vm-file.ts";
 import type { VirtioDeviceSpec } from "../../devices/virtio/factory.ts";
 import { kvmBackendWarning } from "../../diagnostics/host.ts";
-import { buildForBoot } from "../../vmm/builder.ts";
+import { buildForBoot, validateInputs } from "../../vmm/builder.ts";
+import { isSandboxed } from "../../sandbox/landlock.ts";
 import { DEFAULT_CMDLINE, DEFAULT_MEMORY_MIB, DEFAULT_VCPUS, MAX_VCPUS, type VmConfig } from "../../vmm/config.ts";
 import { EXIT } from "../exit-codes.ts";
 import { CliError, rejectUnknownFlags, reportError, usageError } from "../output.ts";
 import { buildOrExplain, checkApiSocket, reportOutcome, runSession, terminalConsole } from "../vm-session.ts";
 import { registerRun, runDetached, type RunRegistration } from "../../runtime/cli-glue.ts";
+import { runtimeRoot } from "../../runtime/dirs.ts";
+import { defaultInitramfs, resolveKernel } from "../defaults.ts";
+import { SANDBOX_FLAGS, enterLandlock, enterSeccomp, sandboxChoice, vmPathNeeds } from "../sandbox.ts";
+import { mkdirSync } from "node:fs";
 
 // No citty defaults for values a config file may set: a flag given on the command line must be told apart from one left out.
 const args = {
@@ -48,6 +53,7 @@ const args = {
     valueHint: "name",
   },
   "detached-child": { type: "boolean", description: "(internal) the background half of --detach" },
+  ...SANDBOX_FLAGS,
 } as const;
 
 export const runCommand = defineCommand({
@@ -81,6 +87,23 @@ export const runCommand = defineCommand({
         process.exitCode = await runDetached({ runArgs: rawArgs, json, ...(id !== undefined ? { id } : {}), ...(givenApiSocket !== undefined ? { apiSocket: givenApiSocket } : {}) });
         return;
       }
+      // Bad input is reported as such (exit 2) before the sandbox, whose policy needs every path to exist.
+      if (!isSandboxed()) for (const device of buildOrExplain(() => validateInputs(config)).virtioDevices) device.release?.();
+      // Then the sandbox: this process restricts itself and re-executes inside Landlock (returning only there).
+      const sandbox = sandboxChoice(parsed);
+      const snapshotDirs = repeatedOption(rawArgs, "snapshot-dir");
+      const registered = id !== undefined || parsed["detached-child"] === true;
+      if (registered) mkdirSync(runtimeRoot(), { recursive: true, mode: 0o700 });
+      enterLandlock(
+        sandbox,
+        vmPathNeeds({
+          config,
+          ...(givenApiSocket !== undefined ? { apiSocket: givenApiSocket } : {}),
+          // A registered VM keeps its API socket, console socket and log under the runtime root.
+          snapshotDirs: [...snapshotDirs, ...(registered ? [runtimeRoot()] : [])],
+          ...(registered ? { extraSocketDirs: [runtimeRoot()] } : {}),
+        }),
+      );
       const terminal = () => terminalConsole(json ? process.stderr : process.stdout);
       if (id !== undefined || parsed["detached-child"]) {
         registration = await registerRun({ detachedChild: parsed["detached-child"] === true, terminal, ...(id !== undefined ? { id } : {}), ...(givenApiSocket !== undefined ? { apiSocket: givenApiSocket } : {}) });
@@ -94,7 +117,13 @@ export const runCommand = defineCommand({
       for (;;) {
         const built = buildOrExplain(() => buildForBoot(config));
         registration?.recordStart(config);
-        const outcome = await runSession(built, { console: consoleIo, startedAtMs, ...(apiSocket !== undefined ? { apiSocket } : {}) });
+        if (restarts === 0) enterSeccomp(sandbox, { snapshotsToDisk: snapshotDirs.length > 0 || registered });
+        const outcome = await runSession(built, {
+          console: consoleIo,
+          startedAtMs,
+          ...(apiSocket !== undefined ? { apiSocket } : {}),
+          ...(sandbox.landlock && snapshotDirs.length > 0 ? { snapshotDirs } : sandbox.landlock ? { snapshotDirs: [] } : {}),
+        });
         if (outcome.kind === "reboot" && onReboot === "restart") {
           restarts++;
           if (!json) process.stderr.write(`volt: ${outcome.detail}; restarting the VM (restart ${restarts})\n`);
@@ -126,9 +155,10 @@ function resolveConfig(parsed: ParsedArgs, rawArgs: readonly string[]): { config
       throw error;
     }
   }
-  const kernelPath = typeof parsed.kernel === "string" ? parsed.kernel : file.kernel;
-  if (kernelPath === undefined) throw usageError("no kernel: give --kernel PATH or a config file with a \"kernel\" field");
-  const initrdPath = typeof parsed.initrd === "string" ? parsed.initrd : file.initrd;
+  // A path, a stored kernel's name, or the store's default kernel.
+  const kernel = resolveKernel(typeof parsed.kernel === "string" ? parsed.kernel : file.kernel);
+  const kernelPath = kernel.path;
+  let initrdPath = typeof parsed.initrd === "string" ? parsed.initrd : file.initrd;
   const cmdline = typeof parsed.cmdline === "string" ? parsed.cmdline : file.cmdline;
   const memoryMiB = typeof parsed.mem === "string" ? wholeNumber("mem", parsed.mem) : (file.memMiB ?? DEFAULT_MEMORY_MIB);
   const vcpus = typeof parsed.vcpus === "string" ? wholeNumber("vcpus", parsed.vcpus) : (file.vcpus ?? DEFAULT_VCPUS);
@@ -158,9 +188,16 @@ function resolveConfig(parsed: ParsedArgs, rawArgs: readonly string[]): { config
     readOnly: drive.readOnly ?? false,
     ...(drive.root ? { root: true } : {}),
     ...(drive.id !== undefined ? { id: drive.id } : {}),
+    ...(drive.rateLimit ? { rateLimit: drive.rateLimit } : {}),
   }));
   const rng = typeof parsed.rng === "boolean" ? parsed.rng : (file.rng ?? false);
-  const fileNets: VirtioDeviceSpec[] = (file.nets ?? []).map((net) => ({ kind: "net", tap: net.tap, ...(net.mac !== undefined ? { mac: net.mac } : {}) }));
+  const fileNets: VirtioDeviceSpec[] = (file.nets ?? []).map((net) => ({
+    kind: "net",
+    tap: net.tap,
+    ...(net.mac !== undefined ? { mac: net.mac } : {}),
+    ...(net.rxRateLimit ? { rxRateLimit: net.rxRateLimit } : {}),
+    ...(net.txRateLimit ? { txRateLimit: net.txRateLimit } : {}),
+  }));
   const fileVsock: VirtioDeviceSpec | undefined = file.vsock ? { kind: "vsock", guestCid: file.vsock.guestCid, udsPath: file.vsock.udsPath } : undefined;
   const vsock = vsockFlag ?? fileVsock;
   const virtioDevices: VirtioDeviceSpec[] = [
@@ -171,6 +208,8 @@ function resolveConfig(parsed: ParsedArgs, rawArgs: readonly string[]): { config
     ...(vsock ? [vsock] : []),
     ...(rng ? [{ kind: "rng" } as const] : []),
   ];
+  // Neither an initrd nor a root drive: the default userland, a busybox shell on the console.
+  if (initrdPath === undefined && !virtioDevices.some((d) => d.kind === "block" && d.root)) initrdPath = defaultInitramfs(kernel.modulePaths);
   return {
     config: { kernelPath, memoryMiB, vcpus, bootTimer, virtioDevices, ...(initrdPath !== undefined ? { initrdPath } : {}), ...(cmdline !== undefined ? { cmdline } : {}) },
     onReboot,

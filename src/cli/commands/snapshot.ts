@@ -1,5 +1,8 @@
 import { defineCommand } from "citty";
+import { existsSync, readFileSync } from "node:fs";
 import { resolve } from "node:path";
+import { repeatedOption } from "../../config/device-options.ts";
+import { SANDBOX_FLAGS, enterLandlock, enterSeccomp, sandboxChoice, vmPathNeeds } from "../sandbox.ts";
 import { SnapshotError } from "../../snapshot/format.ts";
 import type { OpenedSnapshot } from "../../snapshot/files.ts";
 import { buildFromSnapshot, openSnapshot, openSnapshotBytes, type MachineState } from "../../vmm/snapshot.ts";
@@ -20,21 +23,43 @@ async function callVm(socket: string, path: string, init: RequestInit = {}): Pro
 /** Builds the VM a checked snapshot describes and runs it like `volt run`; returns the exit status. */
 async function runRestored(
   snapshot: OpenedSnapshot<MachineState>,
-  options: { json: boolean; startedAtMs: number; apiSocket: string | undefined },
+  options: { json: boolean; startedAtMs: number; apiSocket: string | undefined; parsed: Record<string, unknown>; rawArgs: readonly string[] },
   extra: Record<string, unknown>,
 ): Promise<ExitCode> {
   await checkApiSocket(options.apiSocket);
+  // The sandbox, as for volt run: Landlock (re-exec) before KVM is opened, seccomp before the vCPUs run.
+  const sandbox = sandboxChoice(options.parsed);
+  const snapshotDirs = repeatedOption(options.rawArgs, "snapshot-dir");
+  const machine = snapshot.state.machine;
+  enterLandlock(
+    sandbox,
+    vmPathNeeds({
+      // The kernel is not read again: the snapshot's memory holds it.
+      config: { kernelPath: snapshot.memoryPath || snapshot.manifestPath!, memoryMiB: machine.memoryMiB, vcpus: machine.vcpus, virtioDevices: machine.virtioDevices },
+      ...(options.apiSocket !== undefined ? { apiSocket: options.apiSocket } : {}),
+      snapshotDirs,
+      // A clone's "dir" names the VM it came from, not a directory.
+      extraReadOnly: [...(existsSync(snapshot.dir) ? [snapshot.dir] : []), ...(snapshot.manifestPath !== undefined ? [chunkStoreOf(snapshot.manifestPath)] : [])],
+    }),
+  );
   const warning = kvmBackendWarning();
   if (warning) process.stderr.write(`volt: warning: ${warning}\n`);
   const restored = buildOrExplain(() => buildFromSnapshot(snapshot));
   const restoreMs = performance.timeOrigin + performance.now() - options.startedAtMs;
+  enterSeccomp(sandbox, { snapshotsToDisk: snapshotDirs.length > 0 });
   const outcome = await runSession(restored.built, {
     console: terminalConsole(options.json ? process.stderr : process.stdout),
     startedAtMs: options.startedAtMs,
     restore: restored.devices,
     ...(options.apiSocket !== undefined ? { apiSocket: options.apiSocket } : {}),
+    ...(sandbox.landlock ? { snapshotDirs } : {}),
   });
   return reportOutcome(outcome, restored.built, options.json, { ...extra, restoreMs });
+}
+
+/** The chunk store a manifest's chunks live in (read by the restored VM's memory mappings). */
+function chunkStoreOf(manifestPath: string): string {
+  return (JSON.parse(readFileSync(manifestPath, "utf8")) as { store: string }).store;
 }
 
 function snapshotError(error: unknown): never {
@@ -103,6 +128,7 @@ const restoreArgs = {
   dir: { type: "positional", description: "Snapshot directory", required: true },
   "api-socket": { type: "string", description: "Serve the restored VM's control API on this Unix socket", valueHint: "path" },
   json: { type: "boolean", description: "Console to stderr; one JSON document with the outcome to stdout", default: false },
+  ...SANDBOX_FLAGS,
 } as const;
 
 const restoreCommand = defineCommand({
@@ -127,7 +153,7 @@ const restoreCommand = defineCommand({
       } catch (error) {
         snapshotError(error);
       }
-      process.exitCode = await runRestored(snapshot, { json, startedAtMs, apiSocket: parsed["api-socket"] }, { restoredFrom: snapshot.dir });
+      process.exitCode = await runRestored(snapshot, { json, startedAtMs, apiSocket: parsed["api-socket"], parsed, rawArgs }, { restoredFrom: snapshot.dir });
     } catch (error) {
       process.exitCode = reportError(error, json);
     }
@@ -139,6 +165,7 @@ const cloneArgs = {
   id: { type: "positional", description: "In-memory snapshot id (from volt snapshot create --in-memory)", required: true },
   "api-socket": { type: "string", description: "Serve the clone's control API on this Unix socket", valueHint: "path" },
   json: { type: "boolean", description: "Console to stderr; one JSON document with the outcome to stdout", default: false },
+  ...SANDBOX_FLAGS,
 } as const;
 
 const cloneCommand = defineCommand({
@@ -169,7 +196,7 @@ const cloneCommand = defineCommand({
       } catch (error) {
         snapshotError(error);
       }
-      process.exitCode = await runRestored(snapshot, { json, startedAtMs, apiSocket: parsed["api-socket"] }, { clonedFrom: name });
+      process.exitCode = await runRestored(snapshot, { json, startedAtMs, apiSocket: parsed["api-socket"], parsed, rawArgs }, { clonedFrom: name });
     } catch (error) {
       process.exitCode = reportError(error, json);
     }

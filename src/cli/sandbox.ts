@@ -1,0 +1,109 @@
+/**
+ * Volt's sandbox around a VM, on by default (issue #6):
+ *
+ * 1. Landlock, before anything opens /dev/kvm: the process restricts itself
+ *    to the paths the VM needs and re-executes itself, so every thread of the
+ *    new process (Bun starts helper threads before any user code) is inside
+ *    the domain. The new process repeats argument parsing and goes on.
+ * 2. seccomp, once the VM is built and before its vCPUs run: an allowlist of
+ *    system calls (ioctl limited to KVM/TUN/terminal requests, clone to
+ *    threads, no exec, AF_UNIX sockets only) for every thread, killing the
+ *    process on anything else.
+ *
+ * `--no-sandbox`, `--no-landlock` and `--no-seccomp` turn them off, loudly.
+ */
+import { resolve } from "node:path";
+import { isSandboxed, probeLandlock, restrictAndReexec, planLandlock, describePlan } from "../sandbox/landlock.ts";
+import { prepareRuntime, runtimeFacts, socketDirs, vmLandlockPolicy, type VmPathNeeds } from "../sandbox/policy.ts";
+import { describePolicy, formatPolicy, installSeccomp, vmmSeccompPolicy } from "../sandbox/seccomp.ts";
+import type { VmConfig } from "../vmm/config.ts";
+
+export interface SandboxChoice {
+  readonly landlock: boolean;
+  readonly seccomp: boolean;
+}
+
+export const SANDBOX_FLAGS = {
+  "no-sandbox": { type: "boolean", description: "Run without Landlock and seccomp (not recommended; prints a warning)" },
+  "no-landlock": { type: "boolean", description: "Run without the Landlock file-system sandbox (prints a warning)" },
+  "no-seccomp": { type: "boolean", description: "Run without the seccomp system-call filter (prints a warning)" },
+  "snapshot-dir": {
+    type: "string",
+    description: "A directory snapshots may be written to (repeatable); under the sandbox, disk snapshots elsewhere are refused",
+    valueHint: "dir",
+  },
+} as const;
+
+/** Reads the sandbox flags (citty camel/kebab both) and warns about anything turned off. */
+export function sandboxChoice(parsed: Record<string, unknown>): SandboxChoice {
+  const off = (name: string) => parsed[name] === true;
+  const choice = { landlock: !off("no-sandbox") && !off("no-landlock"), seccomp: !off("no-sandbox") && !off("no-seccomp") };
+  // Warn once: in the first process, not again after the re-exec into the sandbox.
+  if (!isSandboxed()) {
+    if (!choice.landlock && !choice.seccomp) process.stderr.write("volt: warning: running without the sandbox (--no-sandbox): a compromised volt can reach everything this user can\n");
+    else if (!choice.landlock) process.stderr.write("volt: warning: running without Landlock (--no-landlock): volt's file access is not restricted\n");
+    else if (!choice.seccomp) process.stderr.write("volt: warning: running without seccomp (--no-seccomp): volt's system calls are not filtered\n");
+  }
+  return choice;
+}
+
+export interface VmSandboxInputs {
+  readonly config: VmConfig;
+  readonly apiSocket?: string;
+  readonly snapshotDirs: readonly string[];
+  /** Files a restore maps (memory file, chunk store, another process's memfd) or reads. */
+  readonly extraReadOnly?: readonly string[];
+  /** More directories where Unix sockets are made (a registered VM's runtime root). */
+  readonly extraSocketDirs?: readonly string[];
+}
+
+/** What the VM will touch, as the Landlock policy needs it. */
+export function vmPathNeeds(inputs: VmSandboxInputs): VmPathNeeds {
+  const { config } = inputs;
+  const readOnly = [config.kernelPath, ...(config.initrdPath ? [config.initrdPath] : []), ...(inputs.extraReadOnly ?? [])];
+  const readWrite: string[] = [];
+  const sockets: (string | undefined)[] = [inputs.apiSocket];
+  let tap = false;
+  for (const device of config.virtioDevices ?? []) {
+    if (device.kind === "block") (device.readOnly ? readOnly : readWrite).push(device.path);
+    else if (device.kind === "net") tap = true;
+    else if (device.kind === "vsock") sockets.push(device.udsPath);
+  }
+  return {
+    readOnlyFiles: readOnly.map((p) => resolve(p)),
+    readWriteFiles: readWrite.map((p) => resolve(p)),
+    readWriteDirs: inputs.snapshotDirs.map((p) => resolve(p)),
+    unixSocketDirs: [...socketDirs(sockets), ...(inputs.extraSocketDirs ?? []).map((p) => resolve(p))],
+    tap,
+    ...(config.kvmPath ? { kvmDevice: config.kvmPath } : {}),
+  };
+}
+
+/**
+ * Step 1: restrict this process with Landlock and re-exec into the domain.
+ * Returns only in the sandboxed process (or when Landlock is unavailable,
+ * after a warning, or when it is turned off).
+ */
+export function enterLandlock(choice: SandboxChoice, needs: VmPathNeeds): void {
+  if (!choice.landlock || isSandboxed()) return;
+  const runtime = prepareRuntime();
+  const outcome = restrictAndReexec(vmLandlockPolicy(needs, runtime.facts), { env: { ...process.env, ...runtime.env } });
+  if (outcome.status === "unavailable") process.stderr.write(`volt: warning: Landlock is unavailable here (${outcome.reason}); running without it\n`);
+}
+
+/** Step 2: the seccomp filter for every thread; call after the VM is built, before its vCPUs start. */
+export function enterSeccomp(choice: SandboxChoice, options: { snapshotsToDisk: boolean }): void {
+  if (!choice.seccomp) return;
+  installSeccomp(vmmSeccompPolicy({ snapshotsToDisk: options.snapshotsToDisk }));
+}
+
+/** What `volt sandbox show` prints: the seccomp allowlist and the Landlock plan for these needs on this kernel. */
+export function describeSandbox(needs: VmPathNeeds) {
+  const probe = probeLandlock();
+  const policy = vmLandlockPolicy(needs, runtimeFacts());
+  return {
+    seccomp: describePolicy(vmmSeccompPolicy()),
+    seccompText: formatPolicy(describePolicy(vmmSeccompPolicy())),
+    landlock: probe.available ? { available: true, abi: probe.abi, plan: describePlan(planLandlock(policy, probe.abi)) } : { available: false, reason: probe.reason },
+  };
+}

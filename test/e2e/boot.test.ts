@@ -169,4 +169,31 @@ describe.skipIf(!kvmUsable)(`guest lifecycle: poweroff, panic, interactive conso
     expect(result.exitCode).toBe(130);
     expect(JSON.parse(result.stdout)).toMatchObject({ ok: false, outcome: "signal", detail: "stopped by SIGINT", exitCode: 130 });
   });
+
+  test("with no kernel and no initrd, volt run boots the store's default kernel into a busybox shell", async () => {
+    // A private kernel store and cache, so the test neither sees nor changes the user's.
+    const env = { ...process.env, VOLT_DATA_DIR: join(work, "data"), XDG_CACHE_HOME: join(work, "cache"), NO_COLOR: "1" };
+    const add = Bun.spawnSync([volt, "kernel", "add", kernel!, "--name", "test-kernel", "--default", "--json"], { env });
+    if (add.exitCode !== 0) globalThis.console.error(add.stderr.toString());
+    expect(add.exitCode).toBe(0);
+    const child = Bun.spawn([volt, "run", "--json"], { env, stdin: "pipe", stdout: "pipe", stderr: "pipe" });
+    const timer = setTimeout(() => child.kill("SIGKILL"), 240_000);
+    let console = "";
+    let typed = false;
+    const decoder = new TextDecoder();
+    for await (const chunk of child.stderr) {
+      console += decoder.decode(chunk);
+      if (!typed && console.includes("busybox shell on the console")) {
+        typed = true;
+        await Bun.sleep(500);
+        child.stdin.write("echo VOLT-SHELL-$((6*7))\nexit\n");
+        child.stdin.flush();
+      }
+    }
+    clearTimeout(timer);
+    const exitCode = await child.exited;
+    if (exitCode !== 0) globalThis.console.error(console.slice(-2000));
+    expect(console).toContain("VOLT-SHELL-42");
+    expect(exitCode).toBe(0);
+  });
 });

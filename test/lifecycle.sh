@@ -25,6 +25,8 @@ STARTED=()
 step() { echo "lifecycle.sh: [${SECONDS}s] $*"; }
 fail() {
   echo "lifecycle.sh: FAILED: $*" >&2
+  if [[ -n "${OUT:-}" ]]; then echo "lifecycle.sh: the last command's output: $OUT" >&2; fi
+  if [[ -s "$WORK/stderr" ]]; then echo "lifecycle.sh: and its stderr: $(cat "$WORK/stderr")" >&2; fi
   exit 1
 }
 
@@ -88,7 +90,7 @@ step "volt=$VOLT kernel=$KERNEL runtime=${XDG_RUNTIME_DIR:-/run}/volt json=$JSON
 
 # 1. Three VMs in the background.
 for id in "${IDS[@]}"; do
-  volt_json run --detach --id "$id" --kernel "$KERNEL" --initrd "$INITRD" --mem 64
+  volt_json run --detach --id "$id" --kernel "$KERNEL" --initrd "$INITRD" --mem 128
   expect_eq "run --detach $id: exit" "$RC" 0
   STARTED+=("$id")
   expect_eq "run --detach $id: ok" "$(printf '%s' "$OUT" | json_get .ok)" true
@@ -121,7 +123,7 @@ expect_eq "ls: count" "$(printf '%s' "$OUT" | json_len .vms)" 3
 for i in 0 1 2; do
   id=$(printf '%s' "$OUT" | json_get ".vms[$i].id")
   expect_eq "ls: vm $i state" "$(printf '%s' "$OUT" | json_get ".vms[$i].state")" running
-  expect_eq "ls: vm $i memory" "$(printf '%s' "$OUT" | json_get ".vms[$i].memoryMiB")" 64
+  expect_eq "ls: vm $i memory" "$(printf '%s' "$OUT" | json_get ".vms[$i].memoryMiB")" 128
   case " ${IDS[*]} " in *" $id "*) ;; *) fail "ls: unexpected VM $id" ;; esac
 done
 step "ls lists the three, running"
@@ -144,7 +146,7 @@ expect_eq "snapshot create: exit" "$RC" 0
 expect_eq "snapshot create: ok" "$(printf '%s' "$OUT" | json_get .ok)" true
 expect_eq "snapshot create: dir" "$(printf '%s' "$OUT" | json_get .snapshot.dir)" "$WORK/lc-two-snapshot"
 volt_json snapshot inspect "$WORK/lc-two-snapshot"
-expect_eq "snapshot inspect: memory" "$(printf '%s' "$OUT" | json_get .snapshot.memorySizeBytes)" $((64 * 1024 * 1024))
+expect_eq "snapshot inspect: memory" "$(printf '%s' "$OUT" | json_get .snapshot.memorySizeBytes)" $((128 * 1024 * 1024))
 volt_json ls
 # Sorted by id: lc-one, lc-three, lc-two.
 expect_eq "ls after snapshot: states" "$(printf '%s' "$OUT" | vm_states)" "running,running,paused"

@@ -25,7 +25,12 @@ export async function runDetached(options: { runArgs: readonly string[]; id?: st
     else process.stdout.write(`${vm.id}\n`);
     return EXIT.ok;
   } catch (error) {
-    if (error instanceof DetachError) throw new CliError(error.kind, error.message, error.exitCode as ExitCode, { cause: error });
+    if (error instanceof DetachError) {
+      const cliError = new CliError(error.kind, error.message, error.exitCode as ExitCode, { cause: error });
+      // The failure happened in the background volt (its own trace is in volt.log); this process's stack would mislead.
+      cliError.stack = "";
+      throw cliError;
+    }
     throw runtimeCliError(error);
   }
 }

@@ -9,6 +9,7 @@
  */
 import { spawn } from "node:child_process";
 import { closeSync, openSync, readFileSync } from "node:fs";
+import { resolve } from "node:path";
 import { apiRequest } from "./client.ts";
 import { runtimeRoot, vmPaths } from "./dirs.ts";
 import { claimVmDir, inspectEntry, removeVmDir, type ExitRecord } from "./registry.ts";
@@ -81,7 +82,7 @@ export function childRunArgs(runArgs: readonly string[], id: string): string[] {
 export async function startDetached(options: DetachOptions): Promise<DetachedVm> {
   const root = options.root ?? runtimeRoot();
   const paths = claimVmDir(options.id, root);
-  const apiSocket = options.apiSocket ?? paths.apiSocket;
+  const apiSocket = options.apiSocket !== undefined ? resolve(options.apiSocket) : paths.apiSocket;
   let logFd: number | undefined;
   let pid: number | undefined;
   try {

@@ -6,6 +6,7 @@
  * how it ended in exit.json just before the process exits.
  */
 import { existsSync, writeFileSync } from "node:fs";
+import { resolve } from "node:path";
 import pkg from "../../package.json" with { type: "json" };
 import type { VmConfig } from "../vmm/config.ts";
 import type { ConsoleIo } from "../vmm/vmm.ts";
@@ -54,7 +55,8 @@ export class VmRegistration {
       socketPath: paths.consoleSocket,
       ...(options.terminal ? { inner: options.terminal } : {}),
     });
-    return new VmRegistration(paths, options.apiSocket ?? paths.apiSocket, console, options.adopt);
+    // Absolute, so `volt ls` from any directory reaches it.
+    return new VmRegistration(paths, options.apiSocket !== undefined ? resolve(options.apiSocket) : paths.apiSocket, console, options.adopt);
   }
 
   get id(): string {

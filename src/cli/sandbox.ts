@@ -84,10 +84,10 @@ export function vmPathNeeds(inputs: VmSandboxInputs): VmPathNeeds {
  * Returns only in the sandboxed process (or when Landlock is unavailable,
  * after a warning, or when it is turned off).
  */
-export function enterLandlock(choice: SandboxChoice, needs: VmPathNeeds): void {
+export function enterLandlock(choice: SandboxChoice, needs: VmPathNeeds, extraEnv: Record<string, string> = {}): void {
   if (!choice.landlock || isSandboxed()) return;
   const runtime = prepareRuntime();
-  const outcome = restrictAndReexec(vmLandlockPolicy(needs, runtime.facts), { env: { ...process.env, ...runtime.env } });
+  const outcome = restrictAndReexec(vmLandlockPolicy(needs, runtime.facts), { env: { ...process.env, ...runtime.env, ...extraEnv } });
   if (outcome.status === "unavailable") process.stderr.write(`volt: warning: Landlock is unavailable here (${outcome.reason}); running without it\n`);
 }
 

@@ -36,6 +36,7 @@ export const MAP_PRIVATE = 0x02;
 export const MAP_FIXED = 0x10;
 export const MAP_ANONYMOUS = 0x20;
 export const MFD_CLOEXEC = 0x1;
+export const O_RDONLY = 0x0;
 export const O_RDWR = 0x2;
 export const O_CLOEXEC = 0x80000;
 export const EFD_CLOEXEC = 0x80000;

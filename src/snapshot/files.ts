@@ -185,6 +185,12 @@ export interface OpenedSnapshot<T> extends StateFile<T> {
   readonly memoryPath: string;
   /** A chunked snapshot's manifest, checked: every chunk it names is in the store with the right size. */
   readonly manifestPath?: string;
+  /**
+   * An already-open descriptor for the memory (a clone inside the sandbox:
+   * opened before Landlock, kept across the re-exec, since another process's
+   * memfd cannot be named in a Landlock rule).
+   */
+  readonly memoryFd?: number;
 }
 
 /** Reads and checks a snapshot directory: the state file, and that the memory file is there and the right size. */

@@ -171,6 +171,7 @@ function mapSnapshotMemory(snapshot: OpenedSnapshot<MachineState>): GuestMemory 
     }
     return memory;
   }
+  if (snapshot.memoryFd !== undefined) return GuestMemory.mapPrivate(snapshot.memoryFd, snapshot.meta.regions);
   const fd = openSync(snapshot.memoryPath, "r");
   try {
     return GuestMemory.mapPrivate(fd, snapshot.meta.regions);

@@ -3,6 +3,8 @@ import { existsSync, readFileSync } from "node:fs";
 import { resolve } from "node:path";
 import { repeatedOption } from "../../config/device-options.ts";
 import { SANDBOX_FLAGS, enterLandlock, enterSeccomp, sandboxChoice, vmPathNeeds } from "../sandbox.ts";
+import { isSandboxed } from "../../sandbox/landlock.ts";
+import { O_RDONLY, openPath } from "../../ffi/syscalls.ts";
 import { SnapshotError } from "../../snapshot/format.ts";
 import type { OpenedSnapshot } from "../../snapshot/files.ts";
 import { buildFromSnapshot, openSnapshot, openSnapshotBytes, type MachineState } from "../../vmm/snapshot.ts";
@@ -21,6 +23,9 @@ async function callVm(socket: string, path: string, init: RequestInit = {}): Pro
 }
 
 /** Builds the VM a checked snapshot describes and runs it like `volt run`; returns the exit status. */
+/** The environment variable naming a clone's memory descriptor kept across the sandbox's re-exec. */
+const INHERITED_MEMORY_FD = "VOLT_INHERITED_MEMORY_FD";
+
 async function runRestored(
   snapshot: OpenedSnapshot<MachineState>,
   options: { json: boolean; startedAtMs: number; apiSocket: string | undefined; parsed: Record<string, unknown>; rawArgs: readonly string[] },
@@ -31,16 +36,30 @@ async function runRestored(
   const sandbox = sandboxChoice(options.parsed);
   const snapshotDirs = repeatedOption(options.rawArgs, "snapshot-dir");
   const machine = snapshot.state.machine;
+  // Another process's memfd (a clone) cannot be named in a Landlock rule: open it now and keep the descriptor
+  // across the re-exec (no close-on-exec); the sandboxed process maps it by number.
+  const inherited = process.env[INHERITED_MEMORY_FD];
+  if (inherited !== undefined && isSandboxed()) snapshot = { ...snapshot, memoryFd: Number(inherited) };
+  const memoryIsProc = snapshot.memoryPath.startsWith("/proc/");
+  const extraEnv: Record<string, string> = {};
+  if (sandbox.landlock && memoryIsProc && !isSandboxed()) extraEnv[INHERITED_MEMORY_FD] = String(openPath(snapshot.memoryPath, O_RDONLY));
   enterLandlock(
     sandbox,
     vmPathNeeds({
-      // The kernel is not read again: the snapshot's memory holds it.
-      config: { kernelPath: snapshot.memoryPath || snapshot.manifestPath!, memoryMiB: machine.memoryMiB, vcpus: machine.vcpus, virtioDevices: machine.virtioDevices },
+      // The kernel is not read again (the snapshot's memory holds it): the memory file stands in its place, and for a
+      // clone, whose memory arrives as a descriptor, /dev/null (read-only, harmless).
+      config: {
+        kernelPath: memoryIsProc ? "/dev/null" : snapshot.memoryPath || snapshot.manifestPath!,
+        memoryMiB: machine.memoryMiB,
+        vcpus: machine.vcpus,
+        virtioDevices: machine.virtioDevices,
+      },
       ...(options.apiSocket !== undefined ? { apiSocket: options.apiSocket } : {}),
       snapshotDirs,
       // A clone's "dir" names the VM it came from, not a directory.
       extraReadOnly: [...(existsSync(snapshot.dir) ? [snapshot.dir] : []), ...(snapshot.manifestPath !== undefined ? [chunkStoreOf(snapshot.manifestPath)] : [])],
     }),
+    extraEnv,
   );
   const warning = kvmBackendWarning();
   if (warning) process.stderr.write(`volt: warning: ${warning}\n`);

@@ -5,10 +5,11 @@
  * (src/vcpu/worker.ts runMachineLoop: KVM_RUN through bun:ffi, kvm_run
  * decoding, the port-I/O bus and its device).
  *
- *   bun bench/exit-volt.ts <small> <large> <port>...
+ *   bun bench/exit-volt.ts <small> <large> <repetitions> <port>...
  *
- * For each port it runs the guest with `small` and with `large` exits and
- * prints one JSON line {port, small, large, smallMs, largeMs}. Times are
+ * For each port it runs the guest with `small` and with `large` exits,
+ * `repetitions` times, and prints one JSON line per pair
+ * {port, small, large, smallMs, largeMs}. Times are
  * taken on the VMM thread from "worker started" to "worker finished": the
  * caller takes (largeMs - smallMs) / (large - small), which cancels the fixed
  * costs (worker messages, device set-up, the first entry).
@@ -69,12 +70,13 @@ async function runOnce(kvm: Kvm, exits: number, port: number): Promise<number> {
   }
 }
 
-const [smallArg, largeArg, ...portArgs] = process.argv.slice(2);
+const [smallArg, largeArg, repetitionsArg, ...portArgs] = process.argv.slice(2);
 const small = Number(smallArg);
 const large = Number(largeArg);
+const repetitions = Number(repetitionsArg);
 const ports = portArgs.map((p) => Number(p));
-if (!(small > 0 && large > small && ports.length > 0 && ports.every((p) => p >= 0 && p < 0x10000))) {
-  console.error("usage: bun bench/exit-volt.ts <small> <large> <port>...");
+if (!(small > 0 && large > small && repetitions >= 1 && ports.length > 0 && ports.every((p) => p >= 0 && p < 0x10000))) {
+  console.error("usage: bun bench/exit-volt.ts <small> <large> <repetitions> <port>...");
   process.exit(2);
 }
 const kvm = Kvm.open();
@@ -83,10 +85,12 @@ try {
   // vCPU worker whose exit loop warms up in its first exits: subtracting the small run
   // from the large one removes that warm-up along with the other fixed costs.
   await runOnce(kvm, small, ports[0]!);
-  for (const port of ports) {
-    const smallMs = await runOnce(kvm, small, port);
-    const largeMs = await runOnce(kvm, large, port);
-    console.log(JSON.stringify({ port, small, large, smallMs, largeMs }));
+  for (let repetition = 0; repetition < repetitions; repetition++) {
+    for (const port of ports) {
+      const smallMs = await runOnce(kvm, small, port);
+      const largeMs = await runOnce(kvm, large, port);
+      console.log(JSON.stringify({ port, small, large, smallMs, largeMs }));
+    }
   }
 } finally {
   kvm.close();

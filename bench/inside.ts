@@ -33,8 +33,10 @@ const QEMU = env.BENCH_QEMU ?? "/usr/bin/qemu-system-x86_64";
 const RESULTS_DIR = env.BENCH_RESULTS_DIR ?? join(checkout, "bench", "results");
 const MEM_MIB = 128;
 const EXTRA_CMDLINE = "quiet";
-const EXITS_SMALL = 5_000;
-const EXITS_LARGE = 25_000;
+const EXITS_SMALL = 2_000;
+const EXITS_LARGE = 12_000;
+/** Per round, each side runs this many times and keeps its fastest: the least disturbed by other load on the host. */
+const EXIT_REPETITIONS = 3;
 const BOOT_TIMEOUT_MS = 240_000;
 const INIT_MARKER = /BENCH-INIT-REACHED/;
 const TICK_LINE = /BENCH-TICK (\d+)\r?\n/;
@@ -443,7 +445,7 @@ async function exitSection(reserveMs: number): Promise<void> {
   const runVolt = async (): Promise<Map<number, number>> => {
     // Alternate which port goes first, so neither always runs in the fresher process.
     const ports = voltRuns++ % 2 === 0 ? ["0x80", "0x3ff"] : ["0x3ff", "0x80"];
-    const proc = Bun.spawn([process.execPath, join(import.meta.dir, "exit-volt.ts"), String(EXITS_SMALL), String(EXITS_LARGE), ...ports], {
+    const proc = Bun.spawn([process.execPath, join(import.meta.dir, "exit-volt.ts"), String(EXITS_SMALL), String(EXITS_LARGE), String(EXIT_REPETITIONS), ...ports], {
       stdout: "pipe", stderr: "pipe", cwd: checkout,
     });
     const [out, err, code] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);
@@ -451,14 +453,19 @@ async function exitSection(reserveMs: number): Promise<void> {
     const perPort = new Map<number, number>();
     for (const line of out.trim().split("\n")) {
       const r = JSON.parse(line) as { port: number; small: number; large: number; smallMs: number; largeMs: number };
-      perPort.set(r.port, ((r.largeMs - r.smallMs) * 1e6) / (r.large - r.small));
+      const ns = ((r.largeMs - r.smallMs) * 1e6) / (r.large - r.small);
+      perPort.set(r.port, Math.min(perPort.get(r.port) ?? Infinity, ns));
     }
     return perPort;
   };
   const runCPair = async () => {
-    const small = await runC(EXITS_SMALL);
-    const large = await runC(EXITS_LARGE);
-    return (large - small) / (EXITS_LARGE - EXITS_SMALL);
+    let best = Infinity;
+    for (let repetition = 0; repetition < EXIT_REPETITIONS; repetition++) {
+      const small = await runC(EXITS_SMALL);
+      const large = await runC(EXITS_LARGE);
+      best = Math.min(best, (large - small) / (EXITS_LARGE - EXITS_SMALL));
+    }
+    return best;
   };
   log(`exit cost: warm-up (guest: ${EXITS_SMALL} and ${EXITS_LARGE} OUTs to port 0x80, then HLT)`);
   const warmStart = performance.now();
@@ -479,7 +486,7 @@ async function exitSection(reserveMs: number): Promise<void> {
   metrics.push(metric({
     id: "exit-port-io", group: "Exit cost", label: "guest OUT to an unclaimed port (0x80) → back in the guest", unit: "ns/exit",
     volt: volt80, baseline: c, baselineName: "C KVM loop",
-    how: `(time for ${EXITS_LARGE} exits − time for ${EXITS_SMALL}) / ${EXITS_LARGE - EXITS_SMALL}; Volt: its vCPU worker in machine mode (bus lookup, no device); C: bench/kvm-loop.c`,
+    how: `(time for ${EXITS_LARGE} exits − time for ${EXITS_SMALL}) / ${EXITS_LARGE - EXITS_SMALL}, fastest of ${EXIT_REPETITIONS} per round; Volt: its vCPU worker in machine mode (bus lookup, no device); C: bench/kvm-loop.c`,
   }));
   metrics.push(metric({
     id: "exit-uart-scratch", group: "Exit cost", label: "guest OUT to the UART scratch register (0x3ff, a real Volt device) → back", unit: "ns/exit",

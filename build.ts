@@ -1,7 +1,9 @@
 /**
  * Builds Volt:
  *   1. c-shims/*.c -> build/<name>.so with gcc (the shims are imported as
- *      files, so step 2 embeds them in the binary);
+ *      files, so step 2 embeds them in the binary); the programs in
+ *      EXECUTABLES instead become static executables, build/<name>, embedded
+ *      the same way (volt_jailer: the jail's namespaces must exist before Bun starts);
  *   2. `bun build --compile` -> dist/volt, one self-contained executable.
  *      Worker entry points must be listed here as well, or the binary fails
  *      at run time when it starts a worker.
@@ -20,12 +22,15 @@ const outfile = join(root, "dist", "volt");
 const ENTRY_POINTS = ["src/cli/main.ts"];
 /** Modules started with `new Worker(...)` (src/workers.ts); each is its own entry point in the binary. */
 const WORKER_ENTRY_POINTS = ["src/vcpu/worker.ts", "src/devices/virtio/io-worker.ts"];
+/** C programs (not libraries) in c-shims: built as static executables build/<name>. */
+const EXECUTABLES = ["volt_jailer.c"];
 
 function compileShims(): void {
   mkdirSync(buildDir, { recursive: true });
   for (const file of readdirSync(shimDir).filter((f) => f.endsWith(".c"))) {
     const source = join(shimDir, file);
-    const output = join(buildDir, `${basename(file, ".c")}.so`);
+    const executable = EXECUTABLES.includes(file);
+    const output = join(buildDir, executable ? basename(file, ".c") : `${basename(file, ".c")}.so`);
     const upToDate = (() => {
       try {
         return statSync(output).mtimeMs >= statSync(source).mtimeMs;
@@ -34,7 +39,8 @@ function compileShims(): void {
       }
     })();
     if (upToDate) continue;
-    const cc = Bun.spawnSync(["gcc", "-shared", "-fPIC", "-O2", "-Wall", "-Wextra", "-Werror", "-o", output, source], {
+    const kind = executable ? ["-static"] : ["-shared", "-fPIC"];
+    const cc = Bun.spawnSync(["gcc", ...kind, "-O2", "-Wall", "-Wextra", "-Werror", "-o", output, source], {
       stdout: "inherit",
       stderr: "inherit",
     });

@@ -17,6 +17,8 @@ export interface ResolvedKernel {
   readonly path: string;
   /** Set when the kernel came from the store. */
   readonly storedName?: string;
+  /** The store's directory, when the store was consulted (the sandbox must let the re-executed volt read it again). */
+  readonly storeDir?: string;
   /** Modules the stored kernel keeps for its guests (virtio, ext4...), in load order. */
   readonly modulePaths: readonly string[];
 }
@@ -29,11 +31,11 @@ export function resolveKernel(argument: string | undefined, store = new KernelSt
       if (!fallback) {
         throw usageError("no kernel: give --kernel PATH (or a stored kernel's name), or add a default with `volt kernel fetch --default`");
       }
-      return { path: fallback.path, storedName: fallback.name, modulePaths: fallback.modulePaths };
+      return { path: fallback.path, storedName: fallback.name, storeDir: store.dir, modulePaths: fallback.modulePaths };
     }
     const resolved = store.resolve(argument);
     if (resolved.kind === "path") return { path: resolved.path, modulePaths: [] };
-    return { path: resolved.kernel.path, storedName: resolved.kernel.name, modulePaths: resolved.kernel.modulePaths };
+    return { path: resolved.kernel.path, storedName: resolved.kernel.name, storeDir: store.dir, modulePaths: resolved.kernel.modulePaths };
   } catch (error) {
     if (error instanceof KernelStoreError) throw new CliError(`kernel-${error.kind}`, `kernel ${argument}: ${error.message}`, EXIT.usage, { cause: error });
     throw error;

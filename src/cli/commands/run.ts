@@ -14,6 +14,7 @@ import { runtimeRoot } from "../../runtime/dirs.ts";
 import { defaultInitramfs, resolveKernel } from "../defaults.ts";
 import { SANDBOX_FLAGS, enterLandlock, enterSeccomp, sandboxChoice, vmPathNeeds } from "../sandbox.ts";
 import { mkdirSync } from "node:fs";
+import { JAIL_FLAGS, jailRequested, runJailed } from "./jail.ts";
 
 // No citty defaults for values a config file may set: a flag given on the command line must be told apart from one left out.
 const args = {
@@ -54,6 +55,7 @@ const args = {
   },
   "detached-child": { type: "boolean", description: "(internal) the background half of --detach" },
   ...SANDBOX_FLAGS,
+  ...JAIL_FLAGS,
 } as const;
 
 export const runCommand = defineCommand({
@@ -80,7 +82,11 @@ export const runCommand = defineCommand({
     let registration: RunRegistration | undefined;
     try {
       rejectUnknownFlags(rawArgs, args);
-      const { config, onReboot } = resolveConfig(parsed, rawArgs);
+      if (jailRequested(parsed)) {
+        process.exitCode = await runJailed({ parsed, rawArgs, ...resolveConfig(parsed, rawArgs) });
+        return;
+      }
+      const { config, onReboot, alsoRead } = resolveConfig(parsed, rawArgs);
       const givenApiSocket = typeof parsed["api-socket"] === "string" ? parsed["api-socket"] : undefined;
       const id = typeof parsed.id === "string" ? parsed.id : undefined;
       if (parsed.detach) {
@@ -101,6 +107,7 @@ export const runCommand = defineCommand({
           ...(givenApiSocket !== undefined ? { apiSocket: givenApiSocket } : {}),
           // A registered VM keeps its API socket, console socket and log under the runtime root.
           snapshotDirs: [...snapshotDirs, ...(registered ? [runtimeRoot()] : [])],
+          extraReadOnly: alsoRead,
           ...(registered ? { extraSocketDirs: [runtimeRoot()] } : {}),
         }),
       );
@@ -145,7 +152,7 @@ export const runCommand = defineCommand({
 type ParsedArgs = { [K in keyof typeof args]?: string | boolean | undefined };
 
 /** Config file first, then the flags on top of it, then defaults for whatever neither gave. */
-function resolveConfig(parsed: ParsedArgs, rawArgs: readonly string[]): { config: VmConfig; onReboot: "exit" | "restart" } {
+function resolveConfig(parsed: ParsedArgs, rawArgs: readonly string[]): { config: VmConfig; onReboot: "exit" | "restart"; alsoRead: string[] } {
   let file: VmFile = {};
   if (typeof parsed.config === "string") {
     try {
@@ -213,6 +220,8 @@ function resolveConfig(parsed: ParsedArgs, rawArgs: readonly string[]): { config
   return {
     config: { kernelPath, memoryMiB, vcpus, bootTimer, virtioDevices, ...(initrdPath !== undefined ? { initrdPath } : {}), ...(cmdline !== undefined ? { cmdline } : {}) },
     onReboot,
+    // What resolving the configuration reads, which the re-executed volt reads again inside the sandbox.
+    alsoRead: [...(typeof parsed.config === "string" ? [parsed.config] : []), ...(kernel.storeDir !== undefined ? [kernel.storeDir] : [])],
   };
 }
 

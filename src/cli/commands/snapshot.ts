@@ -41,6 +41,7 @@ async function runRestored(
   const inherited = process.env[INHERITED_MEMORY_FD];
   if (inherited !== undefined && isSandboxed()) snapshot = { ...snapshot, memoryFd: Number(inherited) };
   const memoryIsProc = snapshot.memoryPath.startsWith("/proc/");
+  // Already the inherited descriptor (see the clone command): nothing more to open.
   const extraEnv: Record<string, string> = {};
   if (sandbox.landlock && memoryIsProc && !isSandboxed()) extraEnv[INHERITED_MEMORY_FD] = String(openPath(snapshot.memoryPath, O_RDONLY));
   enterLandlock(
@@ -206,8 +207,12 @@ const cloneCommand = defineCommand({
         const body = (await response.json().catch(() => ({}))) as { error?: { kind: string; message: string } };
         throw new CliError(body.error?.kind ?? "api", body.error?.message ?? `the VM answered HTTP ${response.status}`, EXIT.usage);
       }
-      const memoryPath = response.headers.get("volt-memory-path");
-      if (!memoryPath) throw new CliError("api", "the VM did not say where the snapshot's memory is", EXIT.usage);
+      const announced = response.headers.get("volt-memory-path");
+      if (!announced) throw new CliError("api", "the VM did not say where the snapshot's memory is", EXIT.usage);
+      // Inside the sandbox another process's /proc/PID/fd is out of reach (Landlock scopes ptrace-like access):
+      // the descriptor opened before the re-exec stands in for it.
+      const inherited = process.env[INHERITED_MEMORY_FD];
+      const memoryPath = inherited !== undefined && isSandboxed() ? `/proc/self/fd/${inherited}` : announced;
       const name = `${parsed.from}#${parsed.id}`;
       let snapshot;
       try {

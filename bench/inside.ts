@@ -197,8 +197,8 @@ function rssBreakdown(mappings: Mapping[], isGuest: (m: Mapping) => boolean): Re
   return groups;
 }
 
-async function bootVolt(kernel: Kernel, withMemory: boolean): Promise<BootSample> {
-  const w = spawnWatched(voltRunArgs(kernel, bootInitrd), "stderr");
+async function bootVolt(kernel: Kernel, withMemory: boolean, extraArgs: string[] = []): Promise<BootSample> {
+  const w = spawnWatched(voltRunArgs(kernel, bootInitrd, extraArgs), "stderr");
   try {
     const marker = await w.waitFor(INIT_MARKER, BOOT_TIMEOUT_MS);
     const sample: BootSample = { consoleMs: marker.at - w.spawnedAt };
@@ -269,14 +269,22 @@ async function bootSection(kernel: Kernel, isPrimary: boolean, reserveMs: number
   const warmStart = performance.now();
   const warmVolt = await tryRound(`warm-up volt boot ${kernel.id}`, () => bootVolt(kernel, false));
   const warmQemu = haveQemu ? await tryRound(`warm-up qemu boot ${kernel.id}`, () => bootQemu(kernel, false)) : undefined;
-  const perRound = (performance.now() - warmStart) + (isPrimary ? 2 * (IDLE_SETTLE_MS + 500) : 0);
+  const perRound = (performance.now() - warmStart) * (isPrimary ? 1.6 : 1) + (isPrimary ? 2 * (IDLE_SETTLE_MS + 500) : 0);
   log(`boot (${kernel.name}): warm-up volt ${warmVolt ? ms(warmVolt.consoleMs) : "failed"}, qemu ${warmQemu ? ms(warmQemu.consoleMs) : "failed"}; QEMU's -append: ${cmdlineFor(kernel)}`);
   const rounds = roundsFitting(perRound, reserveMs);
   const volts: BootSample[] = [];
   const qemus: BootSample[] = [];
+  // On the primary kernel a third arm: Volt without its sandbox (Landlock restrict + re-exec, seccomp), to show what it costs.
+  const unsandboxed: BootSample[] = [];
+  if (isPrimary) await tryRound("warm-up volt --no-sandbox boot", () => bootVolt(kernel, false, ["--no-sandbox"]));
   for (let round = 1; round <= rounds; round++) {
     const v = await tryRound(`volt boot ${kernel.id} round ${round}`, () => bootVolt(kernel, isPrimary));
     if (v) volts.push(v);
+    if (isPrimary) {
+      const u = await tryRound(`volt --no-sandbox boot ${kernel.id} round ${round}`, () => bootVolt(kernel, false, ["--no-sandbox"]));
+      if (u) unsandboxed.push(u);
+      log(`boot (${kernel.id}) round ${round}/${rounds}: volt --no-sandbox ${u ? `${ms(u.consoleMs)} to /init (bootTimeMs ${u.bootTimeMs?.toFixed(0) ?? "?"})` : "failed"}`);
+    }
     const q = haveQemu ? await tryRound(`qemu boot ${kernel.id} round ${round}`, () => bootQemu(kernel, isPrimary)) : undefined;
     if (q) qemus.push(q);
     log(`boot (${kernel.id}) round ${round}/${rounds}: volt ${v ? `${ms(v.consoleMs)} to /init (bootTimeMs ${v.bootTimeMs?.toFixed(0) ?? "?"})` : "failed"}; qemu ${q ? `${ms(q.consoleMs)} to /init` : "failed"}${v?.memIdle && q?.memIdle ? `; idle overhead RSS volt ${mib(v.memIdle.overheadRssKiB).toFixed(1)} MiB, qemu ${mib(q.memIdle.overheadRssKiB).toFixed(1)} MiB; idle CPU volt ${v.idleCpuPercent?.toFixed(1)}%, qemu ${q.idleCpuPercent?.toFixed(1)}%; SIGTERM to exit volt ${v.teardownMs?.toFixed(0)} ms, qemu ${q.teardownMs?.toFixed(0)} ms` : ""}`);
@@ -293,6 +301,12 @@ async function bootSection(kernel: Kernel, isPrimary: boolean, reserveMs: number
     how: "volt run --boot-timer --json: from the run command's start to the guest's devmem write of 123 (written just after the marker)",
   }));
   if (isPrimary) {
+    detail[`boot-${kernel.id}-no-sandbox`] = unsandboxed;
+    metrics.push(metric({
+      id: `boot-${kernel.id}-console-no-sandbox`, group: "Boot time", label: `as above with volt run --no-sandbox, ${kernel.name}`, unit: "ms",
+      volt: unsandboxed.map((s) => s.consoleMs), baseline: qemus.map((s) => s.consoleMs), baselineName: "QEMU microvm",
+      how: "same as the boot row, Volt without Landlock (no restrict-and-re-exec) and without seccomp; interleaved in the same rounds",
+    }));
     const memoryMetric = (id: string, label: string, pick: (s: BootSample) => number | undefined, how: string) =>
       metrics.push(metric({
         id, group: "Memory", label, unit: "MiB",
@@ -410,6 +424,28 @@ async function startupSection(reserveMs: number): Promise<void> {
     log(`start-up round ${round}/${rounds}: volt ${show(v)}; qemu ${show(q)}`);
   }
   detail.startup = { volt: volts, qemu: qemus, kernel: kernel.id };
+  // How much of that is loading the program at all: `--version` starts, prints and exits.
+  const versionRun = async (argv: string[]) => {
+    const t0 = performance.now();
+    const proc = Bun.spawn(argv, { stdin: "ignore", stdout: "ignore", stderr: "ignore", env: voltEnv });
+    if ((await proc.exited) !== 0) throw new Error(`${argv.join(" ")} exited ${proc.exitCode}`);
+    return performance.now() - t0;
+  };
+  const voltVersion: number[] = [];
+  const qemuVersions: number[] = [];
+  await tryRound("warm-up --version", async () => [await versionRun([volt, "--version"]), haveQemu ? await versionRun([QEMU, "--version"]) : 0]);
+  for (let round = 1; round <= rounds; round++) {
+    const v = await tryRound(`volt --version round ${round}`, () => versionRun([volt, "--version"]));
+    if (v !== undefined) voltVersion.push(v);
+    const q = haveQemu ? await tryRound(`qemu --version round ${round}`, () => versionRun([QEMU, "--version"])) : undefined;
+    if (q !== undefined) qemuVersions.push(q);
+  }
+  log(`program load (--version, spawn to exit): volt ${voltVersion.map((v) => v.toFixed(0)).join(", ")} ms; qemu ${qemuVersions.map((v) => v.toFixed(0)).join(", ")} ms`);
+  metrics.push(metric({
+    id: "startup-version", group: "Start-up", label: "`--version`: spawn → exit (loading the program and its runtime, no VM)", unit: "ms",
+    volt: voltVersion, baseline: qemuVersions, baselineName: "QEMU",
+    how: "wall clock of `volt --version` / `qemu-system-x86_64 --version`, no strace: the floor under any VMM start-up",
+  }));
   metrics.push(metric({
     id: "startup-first-kvm-run", group: "Start-up", label: "execve → first KVM_RUN (under strace)", unit: "ms",
     volt: volts.map((s) => s.execToFirstRunMs), baseline: qemus.map((s) => s.execToFirstRunMs), baselineName: "QEMU microvm",
@@ -501,7 +537,7 @@ async function restoreSection(reserveMs: number): Promise<void> {
   const voltSocket = join(work, "volt-api.sock");
   const qmpSocket = join(work, "qmp.sock");
   log("restore: booting the counter guest under both VMMs");
-  const voltSource = spawnWatched([volt, "run", "--kernel", kernel.path, "--initrd", counterInitrd, "--mem", String(MEM_MIB), "--vcpus", "1", "--cmdline", EXTRA_CMDLINE, "--api-socket", voltSocket, "--json"], "stderr");
+  const voltSource = spawnWatched([volt, "run", "--kernel", kernel.path, "--initrd", counterInitrd, "--mem", String(MEM_MIB), "--vcpus", "1", "--cmdline", EXTRA_CMDLINE, "--api-socket", voltSocket, "--snapshot-dir", work, "--json"], "stderr");
   const qemuSource = haveQemu ? spawnWatched(qemuArgs(kernel, counterInitrd, ["-qmp", `unix:${qmpSocket},server=on,wait=off`]), "stdout") : undefined;
   let qmp: Qmp | undefined;
   const creates: { volt: number[]; qemu: number[]; voltPausedMs: number[]; voltMem: number[]; qemuMem: number[] } = { volt: [], qemu: [], voltPausedMs: [], voltMem: [], qemuMem: [] };

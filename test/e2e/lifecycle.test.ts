@@ -63,7 +63,7 @@ describe.skipIf(!kvmUsable)(`VM lifecycle (${process.env.VOLT_KVM_MODE ?? "unkno
     expect(liveVoltProcesses("--detached-child").filter((pid) => readFileSync(`/proc/${pid}/environ`, "utf8").includes(runtime))).toEqual([]);
     expect(readdirSync(join(runtime, "volt"))).toEqual([]);
     expect(existsSync(join(work, "lc-two-snapshot", "state.volt"))).toBe(true);
-  }, 600_000);
+  }, 900_000);
 
   test("Firecracker-style: machine-config, boot-source, drives, InstanceStart boot a guest that reads its drive; then hundreds of malformed requests leave it running and answering", async () => {
     // A data drive with a marker file the guest prints.

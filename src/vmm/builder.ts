@@ -23,7 +23,7 @@ import { writeAcpiTables } from "../arch/x86_64/acpi/machine.ts";
 import { ACPI_RESET_OFFSET, ACPI_RESET_VALUE, ACPI_SLEEP_CONTROL_OFFSET, ACPI_SLEEP_STATUS_OFFSET } from "../devices/acpi/power.ts";
 import { KernelFormatError } from "../loader/errors.ts";
 import { loadInitrd } from "../loader/initrd.ts";
-import { GuestMemory } from "../memory/guest-memory.ts";
+import { GuestMemory, GuestMemoryError } from "../memory/guest-memory.ts";
 import { closeVirtioEventFds, type VirtioShared } from "../devices/virtio/io-thread.ts";
 import { DEFAULT_CMDLINE, MAX_VCPUS, type VmConfig } from "./config.ts";
 import { VmBuildError } from "./errors.ts";
@@ -88,6 +88,13 @@ export function validateInputs(config: VmConfig): Inputs {
   } catch (error) {
     if (error instanceof KernelFormatError) throw new VmBuildError("kernel", `kernel ${config.kernelPath}: ${error.message}`, { cause: error });
     throw error;
+  }
+  // Both formats say where the kernel ends once loaded; past the RAM below the MMIO gap it cannot run.
+  if (kernel.kernelEnd > lowRamEnd(memoryBytes)) {
+    throw new VmBuildError(
+      "kernel",
+      `kernel ${config.kernelPath} needs memory up to ${Math.ceil(kernel.kernelEnd / MiB)} MiB; give the VM more (--mem ${Math.ceil(kernel.kernelEnd / MiB) + 64})`,
+    );
   }
   const initrdBytes = config.initrdPath === undefined ? undefined : readInput("initrd", config.initrdPath);
   const virtioDevices = checkVirtioDevices(config.virtioDevices ?? []);
@@ -175,7 +182,16 @@ export function buildForBoot(config: VmConfig): BuiltVm {
     const memory = GuestMemory.create(guestRamRegions(inputs.memoryBytes));
     registerGuestMemory(vm, memory, cleanups);
 
-    const kernel = loadKernel(memory, inputs.kernelBytes);
+    let kernel: KernelImage;
+    try {
+      kernel = loadKernel(memory, inputs.kernelBytes);
+    } catch (error) {
+      // A kernel that parses but does not fit this much guest memory is a configuration error, not a Volt bug.
+      if (error instanceof KernelFormatError || error instanceof GuestMemoryError) {
+        throw new VmBuildError("kernel", `kernel ${config.kernelPath} does not fit ${config.memoryMiB} MiB of guest memory: ${error.message}`, { cause: error });
+      }
+      throw error;
+    }
     const commandLine = writeCmdline(memory, cmdline, CMDLINE_ADDRESS);
     const e820 = e820Entries(inputs.memoryBytes);
     const initrd = inputs.initrdBytes

@@ -43,6 +43,11 @@ describe("volt run rejects bad input with exit 2 before creating a VM", () => {
       ["--kernel", file("short-vmlinux", buildElf({ entry: 0x100_0000, segments: [{ type: PT_LOAD, paddr: 0x100_0000, data: new Uint8Array(4096) }] }).subarray(0, 1000))],
       "runs past the end of the file",
     ],
+    [
+      "a kernel too big for --mem",
+      ["--kernel", file("big-vmlinux", buildElf({ entry: 0x100_0000, segments: [{ type: PT_LOAD, paddr: 0x100_0000, data: new Uint8Array(4096), memSize: 100 * 1024 * 1024 }] })), "--mem", "64"],
+      "needs memory up to 116 MiB; give the VM more",
+    ],
     ["a missing initrd", ["--kernel", kernel, "--initrd", "/no/such/initrd"], "cannot read initrd /no/such/initrd: no such file"],
     ["--mem 0", ["--kernel", kernel, "--mem", "0"], "mem 0 MiB"],
     ["--mem beyond the host's RAM", ["--kernel", kernel, "--mem", "999999999"], "more than this host's"],

@@ -84,3 +84,19 @@ describe("volt snapshot restore refuses a bad snapshot with exit 2 before creati
     expect(result.stderr).toContain(`cannot reach a VM at ${join(work, "none.sock")}`);
   });
 });
+
+describe("volt snapshot create names the VM by id or socket", () => {
+  test("an unknown id, a missing VM name, and an id with --api-socket too are usage errors", () => {
+    const env = { ...process.env, XDG_RUNTIME_DIR: join(work, "rt") };
+    const run = (args: string[]) => Bun.spawnSync(["bun", join(root, "src/cli/main.ts"), "snapshot", "create", ...args], { env });
+    const unknown = run(["nosuchvm", join(work, "s1")]);
+    expect(unknown.exitCode).toBe(2);
+    expect(unknown.stderr.toString()).toContain("no VM nosuchvm in ");
+    const bare = run([]);
+    expect(bare.exitCode).toBe(2);
+    expect(bare.stderr.toString()).toContain("name the VM: volt snapshot create ID DIR");
+    const both = run(["--api-socket", join(work, "x.sock"), "vm1", join(work, "s2")]);
+    expect(both.exitCode).toBe(2);
+    expect(both.stderr.toString()).toContain("with --api-socket give only the snapshot directory");
+  });
+});

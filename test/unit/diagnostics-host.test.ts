@@ -25,6 +25,12 @@ describe("host virtualisation", () => {
     expect(kvmBackendWarning(host("", ["kvm_pvm"]))).toContain("kvm_pvm, a software KVM");
   });
 
+  test("an unreadable /proc/cpuinfo (inside the sandbox) says nothing rather than something wrong", () => {
+    const unknown = hostVirtualisation(join(dir, "no-such-cpuinfo"), dir);
+    expect(unknown.hardware).toBe("unknown");
+    expect(kvmBackendWarning(unknown)).toBeUndefined();
+  });
+
   test("no svm/vmx at all: a warning about missing hardware virtualisation", () => {
     expect(kvmBackendWarning(host("", []))).toContain("no svm/vmx flag");
   });

@@ -4,6 +4,8 @@ import { resolve } from "node:path";
 import { repeatedOption } from "../../config/device-options.ts";
 import { SANDBOX_FLAGS, enterLandlock, enterSeccomp, sandboxChoice, vmPathNeeds } from "../sandbox.ts";
 import { isSandboxed } from "../../sandbox/landlock.ts";
+import { resolveApiSocket } from "../../runtime/registry.ts";
+import { runtimeCliError } from "../../runtime/cli-glue.ts";
 import { O_RDONLY, openPath } from "../../ffi/syscalls.ts";
 import { SnapshotError } from "../../snapshot/format.ts";
 import type { OpenedSnapshot } from "../../snapshot/files.ts";
@@ -88,7 +90,8 @@ function snapshotError(error: unknown): never {
 }
 
 const createArgs = {
-  "api-socket": { type: "string", description: "The running VM's control socket (volt run --api-socket)", valueHint: "path", required: true },
+  "api-socket": { type: "string", description: "The running VM's control socket (volt run --api-socket); or name the VM by id instead", valueHint: "path" },
+  target: { type: "positional", description: "VM id (a detached or --id VM; any unique prefix), then the snapshot directory", required: false },
   dir: { type: "positional", description: "Directory to write the snapshot to (state.volt + memory.raw)", required: false },
   force: { type: "boolean", description: "Replace an existing snapshot (only once the new one is complete)", default: false },
   "chunk-store": { type: "string", description: "Write memory as content-addressed 2 MiB chunks into this store (shared, deduplicated across snapshots)", valueHint: "dir" },
@@ -102,6 +105,7 @@ const createCommand = defineCommand({
     description:
       "Snapshot a running VM: it pauses for the capture and then runs on.\n\n" +
       "Examples:\n  volt run --kernel vmlinux --initrd initrd.img --api-socket /tmp/vm.sock &\n  volt snapshot create --api-socket /tmp/vm.sock ./snap1\n" +
+      "  volt snapshot create web1 ./snap1                                  (a VM started with --detach --id web1)\n" +
       "  volt snapshot create --api-socket /tmp/vm.sock --in-memory     (prints an id: volt snapshot clone --from /tmp/vm.sock ID)\n\n" +
       "Exit status: 0 written, 2 bad input or the snapshot exists (use --force), 6 the VM could not be snapshotted.",
   },
@@ -110,15 +114,31 @@ const createCommand = defineCommand({
     const json = parsed.json;
     try {
       rejectUnknownFlags(rawArgs, createArgs);
-      const socket = parsed["api-socket"];
+      // Either --api-socket PATH [DIR], or ID [DIR].
+      const positionals = [parsed.target, parsed.dir].filter((p): p is string => typeof p === "string");
+      let socket: string;
+      let dir: string | undefined;
+      if (typeof parsed["api-socket"] === "string") {
+        socket = parsed["api-socket"];
+        if (positionals.length > 1) throw usageError("with --api-socket give only the snapshot directory");
+        dir = positionals[0];
+      } else {
+        if (positionals.length === 0) throw usageError("name the VM: volt snapshot create ID DIR (or --api-socket PATH DIR)");
+        try {
+          socket = resolveApiSocket(positionals[0]!);
+        } catch (error) {
+          throw runtimeCliError(error);
+        }
+        dir = positionals[1];
+      }
       const inMemory = parsed["in-memory"];
-      if (inMemory === (parsed.dir !== undefined)) throw usageError("give a snapshot directory, or --in-memory (not both)");
+      if (inMemory === (dir !== undefined)) throw usageError("give a snapshot directory, or --in-memory (not both)");
       const response = await callVm(socket, "/snapshot/create", {
         method: "PUT",
         body: JSON.stringify(
           inMemory
             ? { inMemory: true }
-            : { dir: resolve(parsed.dir!), force: parsed.force, ...(parsed["chunk-store"] ? { chunkStore: resolve(parsed["chunk-store"]) } : {}) },
+            : { dir: resolve(dir!), force: parsed.force, ...(parsed["chunk-store"] ? { chunkStore: resolve(parsed["chunk-store"]) } : {}) },
         ),
       });
       const body = (await response.json().catch(() => ({}))) as { ok?: boolean; snapshot?: Record<string, unknown>; error?: { kind: string; message: string } };

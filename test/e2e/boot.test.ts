@@ -159,7 +159,7 @@ describe.skipIf(!kvmUsable)(`guest lifecycle: poweroff, panic, interactive conso
         child.stdin.write("hello from the host\n");
         child.stdin.flush();
       }
-      if (!interrupted && console.includes("VOLT-GOT")) {
+      if (!interrupted && console.includes("VOLT-GOT:hello from the host")) {
         interrupted = true;
         child.kill("SIGINT");
       }

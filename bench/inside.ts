@@ -71,7 +71,22 @@ process.on("exit", () => {
   for (const w of live) w.proc.kill("SIGKILL");
   rmSync(work, { recursive: true, force: true });
 });
-for (const signal of ["SIGINT", "SIGTERM"] as const) process.on(signal, () => process.exit(130));
+// Stopped by the time limit (timeout sends SIGTERM): keep what was measured.
+let saved = false;
+let lastResults: Results | undefined;
+for (const signal of ["SIGINT", "SIGTERM"] as const) {
+  process.on(signal, () => {
+    if (!saved) {
+      unmeasured.push({ what: "the rest of this run", why: `stopped by ${signal} (the time limit?) before it finished: the table has only what was measured by then` });
+      try {
+        saveResults();
+      } catch (error) {
+        console.error(`bench: could not save partial results: ${(error as Error).message}`);
+      }
+    }
+    process.exit(signal === "SIGTERM" ? 124 : 130);
+  });
+}
 
 // Volt runs from a local copy: inside L1 the checkout is a 9p share, and reading a
 // 110 MB binary over 9p on every start would be charged to Volt, not to KVM or the VMM.
@@ -764,44 +779,51 @@ unmeasured.push(
 );
 
 // ------------------------------------------------------------------ results
-const host = env.BENCH_HOST ? (JSON.parse(env.BENCH_HOST) as Results["machine"]["host"]) : machineHere();
-const mode = (env.BENCH_KVM_MODE as "native" | "nested" | undefined) ?? "native";
-if (env.BENCH_HOST_LOAD) {
-  const hostLoad = JSON.parse(env.BENCH_HOST_LOAD) as { loadavg: string; otherProcesses: string[] };
-  detail.hostAtStart = hostLoad;
-  if (hostLoad.otherProcesses.length > 0) {
-    notes.push(`Other work was running on the host when this run started (load average ${hostLoad.loadavg}; ${hostLoad.otherProcesses.length} busy processes such as another nested L1): both VMMs' rounds share that noise, interleaved, but spreads are wider.`);
+saveResults();
+console.log(renderTable(lastResults!));
+
+function saveResults(): void {
+  const host = env.BENCH_HOST ? (JSON.parse(env.BENCH_HOST) as Results["machine"]["host"]) : machineHere();
+  const mode = (env.BENCH_KVM_MODE as "native" | "nested" | undefined) ?? "native";
+  const runNotes = [...notes];
+  if (env.BENCH_HOST_LOAD) {
+    const hostLoad = JSON.parse(env.BENCH_HOST_LOAD) as { loadavg: string; otherProcesses: string[] };
+    detail.hostAtStart = hostLoad;
+    if (hostLoad.otherProcesses.length > 0) {
+      runNotes.push(`Other work was running on the host when this run started (load average ${hostLoad.loadavg}; ${hostLoad.otherProcesses.length} busy processes such as another nested L1): both VMMs' rounds share that noise, interleaved, but spreads are wider.`);
+    }
   }
+  if (mode === "nested") {
+    runNotes.push("KVM was nested: the guests ran under KVM inside an emulated L1 (QEMU TCG with an emulated AMD SVM CPU). Every exit and page fault costs many times what it does on hardware; compare ratios, not absolute times.");
+  }
+  runNotes.push(`Boot: the kernel command line is Volt's (${cmdlineFor(primary)}) for both VMMs; "quiet" keeps the boot log off the serial console, which would otherwise dominate (each byte is a port-I/O exit in both VMMs).`);
+  runNotes.push("Volt runs from a copy of dist/volt on local tmpfs; QEMU is the system binary. One warm-up round per VMM and section is discarded.");
+  const results: Results = {
+    schema: 1,
+    date: new Date().toISOString(),
+    kvm: { mode, reason: env.BENCH_KVM_REASON ?? "" },
+    machine: { host, runner: { ...machineHere(), kernel: Bun.spawnSync(["uname", "-r"]).stdout.toString().trim() } },
+    versions: {
+      volt: env.BENCH_VOLT_COMMIT ?? "unknown",
+      bun: Bun.version,
+      qemu: qemuVersion,
+      kernels: localKernels.map((k) => `${k.id}: ${basename(kernels.find((o) => o.id === k.id)!.path)}`).join(", "),
+    },
+    rounds: ROUNDS,
+    durationS: (performance.now() - started) / 1000,
+    metrics,
+    unmeasured,
+    notes: runNotes,
+    detail,
+  };
+  writeResults(RESULTS_DIR, results);
+  const historyDir = join(RESULTS_DIR, "history");
+  mkdirSync(historyDir, { recursive: true });
+  writeFileSync(join(historyDir, `${results.date.replaceAll(":", "-").slice(0, 19)}.json`), `${JSON.stringify(results, null, 2)}\n`);
+  saved = true;
+  lastResults = results;
+  log(`results written to ${RESULTS_DIR} (latest.json, latest.md, one SVG per metric)`);
 }
-if (mode === "nested") {
-  notes.push("KVM was nested: the guests ran under KVM inside an emulated L1 (QEMU TCG with an emulated AMD SVM CPU). Every exit and page fault costs many times what it does on hardware; compare ratios, not absolute times.");
-}
-notes.push(`Boot: the kernel command line is Volt's (${cmdlineFor(primary)}) for both VMMs; "quiet" keeps the boot log off the serial console, which would otherwise dominate (each byte is a port-I/O exit in both VMMs).`);
-notes.push("Volt runs from a copy of dist/volt on local tmpfs; QEMU is the system binary. One warm-up round per VMM and section is discarded.");
-const results: Results = {
-  schema: 1,
-  date: new Date().toISOString(),
-  kvm: { mode, reason: env.BENCH_KVM_REASON ?? "" },
-  machine: { host, runner: { ...machineHere(), kernel: Bun.spawnSync(["uname", "-r"]).stdout.toString().trim() } },
-  versions: {
-    volt: env.BENCH_VOLT_COMMIT ?? "unknown",
-    bun: Bun.version,
-    qemu: qemuVersion,
-    kernels: localKernels.map((k) => `${k.id}: ${basename(kernels.find((o) => o.id === k.id)!.path)}`).join(", "),
-  },
-  rounds: ROUNDS,
-  durationS: (performance.now() - started) / 1000,
-  metrics,
-  unmeasured,
-  notes,
-  detail,
-};
-writeResults(RESULTS_DIR, results);
-const historyDir = join(RESULTS_DIR, "history");
-mkdirSync(historyDir, { recursive: true });
-writeFileSync(join(historyDir, `${results.date.replaceAll(":", "-").slice(0, 19)}.json`), `${JSON.stringify(results, null, 2)}\n`);
-log(`results written to ${RESULTS_DIR} (latest.json, latest.md, one SVG per metric)`);
-console.log(renderTable(results));
 
 function machineHere(): { nproc: number; cpu: string; memGiB: number } {
   const model = /^model name\s*:\s*(.+)$/m.exec(readFileSync("/proc/cpuinfo", "utf8"))?.[1]?.trim() ?? cpus()[0]?.model ?? "unknown";

@@ -12,7 +12,7 @@
  * 28 min), BENCH_DENSITY_S (default 60; 0 skips density), VOLT_KVM
  * (native|nested|auto), VOLT_TEST_KERNEL=debian (ignore the microVM kernel).
  */
-import { readFileSync } from "node:fs";
+import { existsSync, readFileSync, statSync } from "node:fs";
 import { cpus, loadavg, totalmem } from "node:os";
 import { basename, join, resolve } from "node:path";
 import { prepareGuestKernels } from "../test/harness/guest-assets.ts";
@@ -22,6 +22,7 @@ import { renderTable, type Results } from "./lib/results.ts";
 
 const checkout = resolve(import.meta.dir, "..");
 const started = performance.now();
+const startedAtMs = Date.now();
 const timeoutMs = seconds("BENCH_TIMEOUT_S", 28 * 60) * 1000;
 const elapsed = () => performance.now() - started;
 const say = (line: string) => console.log(`bench: ${line}`);
@@ -111,8 +112,10 @@ if (decision.mode === "native") {
   exitCode = result.exitCode;
 }
 
-if (exitCode === 0) {
-  const results = JSON.parse(readFileSync(join(checkout, "bench", "results", "latest.json"), "utf8")) as Results;
+const latest = join(checkout, "bench", "results", "latest.json");
+// A run stopped by its time limit still saves what it measured.
+if (existsSync(latest) && statSync(latest).mtimeMs >= startedAtMs) {
+  const results = JSON.parse(readFileSync(latest, "utf8")) as Results;
   console.log("");
   console.log(`Volt vs QEMU microvm — ${results.date}, ${results.kvm.mode} KVM${results.kvm.mode === "nested" ? " (absolute numbers are slow; the ratios are the point)" : ""}, host ${results.machine.host.nproc} CPUs (${results.machine.host.cpu})`);
   console.log(renderTable(results));

@@ -14,7 +14,8 @@
  *   1. close every descriptor above 2;
  *   2. --cgroup: write our pid to PATH/cgroup.procs (what we fork inherits it);
  *   3. --netns: join that network namespace (else a new, empty one below);
- *   4. unshare mount, PID, IPC, UTS (and network) namespaces;
+ *   4. unshare mount, PID, IPC, UTS, cgroup (and network) namespaces: the
+ *      cgroup namespace is rooted at the cgroup of step 2;
  *   5. fork: the child is pid 1 of the new PID namespace; the parent forwards
  *      SIGINT/SIGTERM/SIGHUP/SIGQUIT to it, waits, and exits with its status
  *      (killed by signal n: 128+n).
@@ -26,7 +27,8 @@
  *   8. each --bind/--bind-ro: bind SRC onto DIR/DST (nosuid, nodev; -ro: read-only);
  *   9. pivot_root into DIR (pivot_root(".", "."), then detach the old root);
  *  10. mount a fresh proc on /proc for the new PID namespace, if /proc exists;
- *  11. chdir("/"), set the rlimits;
+ *  11. chdir("/"), set the host name (the new UTS namespace starts with the
+ *      host's), set the rlimits;
  *  12. setgroups(0), setgid(G), setuid(U), and check root cannot be regained;
  *  13. ask for SIGKILL if the parent dies (after setuid, which clears it);
  *  14. execve PROGRAM with ARGS and this environment.
@@ -142,7 +144,7 @@ int main(int argc, char **argv)
 	const char *root = NULL, *cgroup = NULL, *netns = NULL;
 	long long uid = -1, gid = -1, nofile = -1, fsize = -1;
 	char **program = NULL;
-	int flags = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWNET;
+	int flags = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWCGROUP | CLONE_NEWNET;
 	int i, status;
 
 	for (i = 1; i < argc; i++) {
@@ -217,7 +219,7 @@ int main(int argc, char **argv)
 
 	/* 4. */
 	if (unshare(flags) != 0)
-		die("unshare (mount, pid, ipc, uts%s namespaces)", netns != NULL ? "" : ", net");
+		die("unshare (mount, pid, ipc, uts, cgroup%s namespaces)", netns != NULL ? "" : ", net");
 
 	/* 5. Handlers before the fork, so no signal is lost; the child's are reset by execve. */
 	{
@@ -290,6 +292,8 @@ int main(int argc, char **argv)
 	/* 11. */
 	if (chdir("/") != 0)
 		die("chdir /");
+	if (sethostname("volt", 4) != 0)
+		die("sethostname");
 	if (nofile >= 0)
 		set_limit(RLIMIT_NOFILE, "nofile", (unsigned long long)nofile);
 	if (fsize >= 0)

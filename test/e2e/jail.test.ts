@@ -169,6 +169,9 @@ describe.skipIf(!kvmUsable || !isRoot)(`volt run --jail (${process.env.VOLT_KVM_
     expect(jailPids).toEqual(["1"]);
     expect(hostPids.length).toBeGreaterThan(3);
     expect(readFileSync(`${jailRoot}/proc/1/cmdline`, "utf8").split("\0").slice(0, 4)).toEqual(["/volt", "run", "--config", "/vm/vm.json"]);
+    // Its own host name (a new UTS namespace), asked from inside that namespace.
+    const hostname = Bun.spawnSync(["nsenter", "-t", String(vmm), "-u", "hostname"]);
+    if (hostname.exitCode === 0) expect(hostname.stdout.toString().trim()).toBe("volt");
     // Its network: a namespace with only the loopback interface.
     const interfaces = readFileSync(`/proc/${vmm}/net/dev`, "utf8").split("\n").slice(2).map((l) => l.split(":")[0]!.trim()).filter((n) => n !== "");
     expect(interfaces).toEqual(["lo"]);

@@ -344,6 +344,7 @@ describe.skipIf(!canJail)("a real jail (root; busybox stands in for volt)", () =
         "touch /tmp/scratch && echo tmp-writable",
         `touch ${sockets}/made-inside && echo sockets-writable`,
         "echo nofile=$(ulimit -n)",
+        "echo hostname=$(hostname) cgroups-not-at-root=$(grep -vc ':/$' /proc/self/cgroup)",
         "echo net=$(cat /proc/net/dev | tail -n +3 | cut -d: -f1 | tr -d ' ' | tr '\\n' ,)",
         "exit 7",
       ].join("\n");
@@ -363,6 +364,8 @@ describe.skipIf(!canJail)("a real jail (root; busybox stands in for volt)", () =
       expect(out).toContain("tmp-writable");
       expect(out).toContain("sockets-writable");
       expect(out).toContain("nofile=100");
+      // Its own host name, and a cgroup namespace: no host names show.
+      expect(out).toContain("hostname=volt cgroups-not-at-root=0");
       expect(out).toContain("net=lo,");
       // What the jail wrote through its binds is on the host; its own /tmp is not.
       expect(readFileSync(rw, "utf8")).toBe("rwx\n");

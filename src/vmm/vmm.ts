@@ -288,7 +288,7 @@ export async function runVm(built: BuiltVm, options: RunOptions): Promise<VmOutc
   return (await RunningVm.start(built, options)).outcome;
 }
 
-function outcomeOf(finished: Finished): { kind: OutcomeKind; detail: string } {
+export function outcomeOf(finished: Finished): { kind: OutcomeKind; detail: string } {
   switch (finished.reason) {
     case "reset":
       return { kind: "reboot", detail: "the guest rebooted (reset request)" };

@@ -184,10 +184,10 @@ export class RunningVm {
       try {
         const result = await ended.promise;
         for (const thread of threads) thread.stop();
-        await Promise.race([Promise.allSettled(threads.map((t) => t.finished)), Bun.sleep(STOP_GRACE_MS)]);
+        await withinGrace(Promise.allSettled(threads.map((t) => t.finished)));
         // After the vCPUs: a request the guest queued before stopping may still be completing.
         io?.stop();
-        const ioResult = io ? await Promise.race([io.finished, Bun.sleep(STOP_GRACE_MS).then(() => undefined)]) : undefined;
+        const ioResult = io ? await withinGrace(io.finished) : undefined;
         pump();
         // A panic reboots the guest (panic=1): the console line says what really happened.
         const final = consoleVerdict?.kind === "panic" ? consoleVerdict : result;
@@ -282,6 +282,23 @@ export class RunningVm {
   }
 
   private pausedDevices: readonly VirtioDeviceState[] | undefined;
+}
+
+/**
+ * `work`'s result, or undefined after STOP_GRACE_MS. The timer is cleared as
+ * soon as the work is done: a pending timer would keep the process alive
+ * (volt used to linger 5 s after every VM ended).
+ */
+async function withinGrace<T>(work: Promise<T>): Promise<T | undefined> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const grace = new Promise<undefined>((resolve) => {
+    timer = setTimeout(() => resolve(undefined), STOP_GRACE_MS);
+  });
+  try {
+    return await Promise.race([work, grace]);
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 export async function runVm(built: BuiltVm, options: RunOptions): Promise<VmOutcome> {

@@ -12,9 +12,10 @@
  * so), BENCH_QEMU (default /usr/bin/qemu-system-x86_64), BENCH_DENSITY_S
  * (density window, default 60; 0 skips it), BENCH_RESULTS_DIR (default
  * bench/results), BENCH_HOST (JSON: the physical host's nproc/cpu/memGiB),
- * BENCH_KVM_MODE / BENCH_KVM_REASON, BENCH_VOLT_COMMIT.
+ * BENCH_KVM_MODE / BENCH_KVM_REASON, BENCH_VOLT_COMMIT, BENCH_SECTIONS (comma
+ * list of boot, startup, exits, restore, density, profile; default all).
  */
-import { chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { cpus, freemem, tmpdir, totalmem } from "node:os";
 import { basename, join, resolve } from "node:path";
 import { BOOT_TIMER_ADDRESS } from "../src/arch/x86_64/layout.ts";
@@ -30,7 +31,15 @@ const ROUNDS = positiveInt("BENCH_ROUNDS", 7);
 const BUDGET_MS = positiveInt("BENCH_BUDGET_S", 1200) * 1000;
 const DENSITY_S = Number(env.BENCH_DENSITY_S ?? "60");
 const QEMU = env.BENCH_QEMU ?? "/usr/bin/qemu-system-x86_64";
-const RESULTS_DIR = env.BENCH_RESULTS_DIR ?? join(checkout, "bench", "results");
+const RESULTS_DIR = resolve(checkout, env.BENCH_RESULTS_DIR ?? "bench/results");
+const ALL_SECTIONS = ["boot", "startup", "exits", "restore", "density", "profile"] as const;
+const selected = new Set<string>(env.BENCH_SECTIONS ? env.BENCH_SECTIONS.split(",").map((n) => n.trim()) : ALL_SECTIONS);
+for (const name of selected) {
+  if (!(ALL_SECTIONS as readonly string[]).includes(name)) {
+    console.error(`bench: BENCH_SECTIONS: unknown section ${name} (known: ${ALL_SECTIONS.join(", ")})`);
+    process.exit(2);
+  }
+}
 const MEM_MIB = 128;
 const EXTRA_CMDLINE = "quiet";
 const EXITS_SMALL = 2_000;
@@ -555,7 +564,8 @@ async function restoreSection(reserveMs: number): Promise<void> {
   const voltSource = spawnWatched([volt, "run", "--kernel", kernel.path, "--initrd", counterInitrd, "--mem", String(MEM_MIB), "--vcpus", "1", "--cmdline", EXTRA_CMDLINE, "--api-socket", voltSocket, "--snapshot-dir", work, "--json"], "stderr");
   const qemuSource = haveQemu ? spawnWatched(qemuArgs(kernel, counterInitrd, ["-qmp", `unix:${qmpSocket},server=on,wait=off`]), "stdout") : undefined;
   let qmp: Qmp | undefined;
-  const creates: { volt: number[]; qemu: number[]; voltPausedMs: number[]; voltMem: number[]; qemuMem: number[] } = { volt: [], qemu: [], voltPausedMs: [], voltMem: [], qemuMem: [] };
+  const creates: { volt: number[]; qemu: number[]; voltPausedMs: number[]; voltMem: number[]; qemuMem: number[]; voltGuestRssMiB: number[]; qemuGuestRssMiB: number[] } =
+    { volt: [], qemu: [], voltPausedMs: [], voltMem: [], qemuMem: [], voltGuestRssMiB: [], qemuGuestRssMiB: [] };
   let voltSnapshot: string | undefined;
   let qemuState: string | undefined;
   try {
@@ -564,6 +574,10 @@ async function restoreSection(reserveMs: number): Promise<void> {
       await qemuSource.waitFor(/BENCH-TICK 3\b/, BOOT_TIMEOUT_MS);
       qmp = await Qmp.connect(qmpSocket);
     }
+    detail.snapshotSourceBefore = {
+      voltGuestRssMiB: mib(sampleMemory(voltSource.proc.pid, voltGuest).guestRssKiB),
+      ...(qemuSource ? { qemuGuestRssMiB: mib(sampleMemory(qemuSource.proc.pid, qemuGuest).guestRssKiB) } : {}),
+    };
     const rounds = roundsFitting(8_000, reserveMs);
     for (let round = 0; round <= rounds; round++) {
       // Round 0 is the warm-up.
@@ -599,8 +613,12 @@ async function restoreSection(reserveMs: number): Promise<void> {
       creates.volt.push(voltMs);
       if (paused !== undefined) creates.voltPausedMs.push(paused);
       creates.voltMem.push(mib(voltMem.overheadRssKiB));
+      creates.voltGuestRssMiB.push(mib(voltMem.guestRssKiB));
       if (qemuMs !== undefined) creates.qemu.push(qemuMs);
-      if (qemuMem) creates.qemuMem.push(mib(qemuMem.overheadRssKiB));
+      if (qemuMem) {
+        creates.qemuMem.push(mib(qemuMem.overheadRssKiB));
+        creates.qemuGuestRssMiB.push(mib(qemuMem.guestRssKiB));
+      }
     }
   } finally {
     qmp?.close();
@@ -677,7 +695,7 @@ async function restoreSection(reserveMs: number): Promise<void> {
 // ------------------------------------------------------------------ 6: density
 async function densitySection(): Promise<void> {
   const windowMs = DENSITY_S * 1000;
-  const maxVms = positiveInt("BENCH_DENSITY_MAX", 32);
+  const maxVms = positiveInt("BENCH_DENSITY_MAX", 64);
   const result: Record<string, unknown> = { windowS: DENSITY_S, maxVms };
   const counts: Record<"volt" | "qemu", number> = { volt: 0, qemu: 0 };
   const perVmOverhead: Record<"volt" | "qemu", number[]> = { volt: [], qemu: [] };
@@ -745,6 +763,57 @@ async function densitySection(): Promise<void> {
   }));
 }
 
+// ------------------------------------------------------------------ exit profile (diagnostics)
+/**
+ * What KVM counted for one boot to /init under each VMM: L1's debugfs has a
+ * directory per VM (`<pid>-<fd>`) whose files sum the vCPUs' statistics
+ * (exits, io_exits, mmio_exits, halt_exits, pf_taken, ...). io and mmio exits
+ * are the ones the VMM's own code handles. Not a metric: it explains them.
+ */
+async function profileSection(): Promise<void> {
+  const debugfs = "/sys/kernel/debug";
+  if (!existsSync(join(debugfs, "kvm"))) Bun.spawnSync(["mount", "-t", "debugfs", "debugfs", debugfs], { stderr: "ignore" });
+  if (!existsSync(join(debugfs, "kvm"))) {
+    unmeasured.push({ what: "exit profile (KVM's per-VM exit counts)", why: "debugfs with KVM statistics is not available here" });
+    return;
+  }
+  const statsOf = (pid: number): Record<string, number> => {
+    const totals: Record<string, number> = {};
+    for (const dir of readdirSync(join(debugfs, "kvm")).filter((d) => d.startsWith(`${pid}-`))) {
+      for (const file of readdirSync(join(debugfs, "kvm", dir))) {
+        try {
+          const value = Number(readFileSync(join(debugfs, "kvm", dir, file), "utf8").trim());
+          if (Number.isFinite(value)) totals[file] = (totals[file] ?? 0) + value;
+        } catch {
+          // a directory (vcpuN) or an unreadable file
+        }
+      }
+    }
+    return totals;
+  };
+  const profile = async (argv: string[], consoleOn: "stdout" | "stderr") => {
+    const w = spawnWatched(argv, consoleOn);
+    try {
+      const marker = await w.waitFor(INIT_MARKER, BOOT_TIMEOUT_MS);
+      return { toInitMs: marker.at - w.spawnedAt, stats: statsOf(w.proc.pid) };
+    } finally {
+      await stop(w, "SIGKILL");
+    }
+  };
+  const keys = ["exits", "io_exits", "mmio_exits", "halt_exits", "irq_exits", "irq_window_exits", "signal_exits", "pf_taken", "pf_fixed", "insn_emulation"];
+  const result: Record<string, unknown[]> = { volt: [], qemu: [] };
+  for (let round = 1; round <= 2; round++) {
+    for (const which of haveQemu ? (["volt", "qemu"] as const) : (["volt"] as const)) {
+      const p = await tryRound(`exit profile ${which} ${round}`, () =>
+        which === "volt" ? profile(voltRunArgs(primary, bootInitrd), "stderr") : profile(qemuArgs(primary, bootInitrd), "stdout"));
+      if (!p) continue;
+      result[which]!.push(p);
+      log(`exit profile ${which} round ${round}: /init after ${ms(p.toInitMs)}; ${keys.filter((k) => k in p.stats).map((k) => `${k} ${p.stats[k]}`).join(", ")}`);
+    }
+  }
+  detail.exitProfile = result;
+}
+
 function memAvailableMiB(): number {
   const m = /MemAvailable:\s+(\d+) kB/.exec(readFileSync("/proc/meminfo", "utf8"));
   return m ? Number(m[1]) / 1024 : freemem() / 2 ** 20;
@@ -762,16 +831,26 @@ async function section(name: string, body: () => Promise<void>): Promise<void> {
   }
 }
 
-const laterReserve = (...names: (keyof typeof RESERVE)[]) => names.reduce((sum, n) => sum + RESERVE[n], 0);
-await section(`boot time (${primary.name})`, () => bootSection(primary, true, laterReserve("startup", "exits", "restore", "density") + 120_000 * (localKernels.length - 1)));
-await section("start-up", () => startupSection(laterReserve("exits", "restore", "density") + 120_000 * (localKernels.length - 1)));
-await section("exit cost", () => exitSection(laterReserve("restore", "density") + 120_000 * (localKernels.length - 1)));
-await section("snapshot and restore", () => restoreSection(laterReserve("density") + 120_000 * (localKernels.length - 1)));
-for (const kernel of localKernels.slice(1)) {
-  await section(`boot time (${kernel.name})`, () => bootSection(kernel, false, laterReserve("density")));
+const laterReserve = (...names: (keyof typeof RESERVE)[]) => names.reduce((sum, n) => sum + (selected.has(n) ? RESERVE[n] : 0), 0);
+const otherKernelsReserve = selected.has("boot") ? 120_000 * (localKernels.length - 1) : 0;
+if (selected.has("boot")) await section(`boot time (${primary.name})`, () => bootSection(primary, true, laterReserve("startup", "exits", "restore", "density") + otherKernelsReserve));
+if (selected.has("startup")) await section("start-up", () => startupSection(laterReserve("exits", "restore", "density") + otherKernelsReserve));
+if (selected.has("exits")) await section("exit cost", () => exitSection(laterReserve("restore", "density") + otherKernelsReserve));
+if (selected.has("restore")) await section("snapshot and restore", () => restoreSection(laterReserve("density") + otherKernelsReserve));
+if (selected.has("boot")) {
+  for (const kernel of localKernels.slice(1)) {
+    await section(`boot time (${kernel.name})`, () => bootSection(kernel, false, laterReserve("density")));
+  }
 }
-if (DENSITY_S > 0 && remainingMs() > RESERVE.density) await section("density", densitySection);
-else unmeasured.push({ what: "density", why: DENSITY_S > 0 ? "skipped: not enough of the time budget left" : "skipped (BENCH_DENSITY_S=0)" });
+if (selected.has("density")) {
+  if (DENSITY_S > 0 && remainingMs() > RESERVE.density) await section("density", densitySection);
+  else unmeasured.push({ what: "density", why: DENSITY_S > 0 ? "skipped: not enough of the time budget left" : "skipped (BENCH_DENSITY_S=0)" });
+}
+if (selected.has("profile")) {
+  if (remainingMs() > 90_000) await section("exit profile", profileSection);
+  else unmeasured.push({ what: "exit profile", why: "skipped: not enough of the time budget left" });
+}
+for (const name of ALL_SECTIONS) if (!selected.has(name)) unmeasured.push({ what: `section "${name}"`, why: "not selected (BENCH_SECTIONS)" });
 
 unmeasured.push(
   { what: "block and network throughput", why: "not in this benchmark yet: it needs a guest image with a load generator (fio/iperf-like) for both VMMs and, for QEMU, the same virtio-mmio devices; left for a follow-up" },

@@ -10,7 +10,9 @@
  *
  * Env: BENCH_ROUNDS (default 7), BENCH_TIMEOUT_S (whole run, default 1680 =
  * 28 min), BENCH_DENSITY_S (default 60; 0 skips density), VOLT_KVM
- * (native|nested|auto), VOLT_TEST_KERNEL=debian (ignore the microVM kernel).
+ * (native|nested|auto), VOLT_TEST_KERNEL=debian (ignore the microVM kernel),
+ * BENCH_SECTIONS (comma list: boot, startup, exits, restore, density, profile),
+ * BENCH_RESULTS_DIR (default bench/results; relative to the checkout).
  */
 import { existsSync, readFileSync, statSync } from "node:fs";
 import { cpus, loadavg, totalmem } from "node:os";
@@ -68,7 +70,7 @@ const benchEnv: Record<string, string> = {
   BENCH_KVM_REASON: decision.reason,
   BENCH_VOLT_COMMIT: `${commit || "unknown"}${dirty ? " (with uncommitted changes in src/)" : ""}`,
 };
-for (const name of ["BENCH_ROUNDS", "BENCH_DENSITY_S", "BENCH_DENSITY_MAX", "BENCH_QEMU"]) {
+for (const name of ["BENCH_ROUNDS", "BENCH_DENSITY_S", "BENCH_DENSITY_MAX", "BENCH_QEMU", "BENCH_SECTIONS", "BENCH_RESULTS_DIR"]) {
   if (process.env[name]) benchEnv[name] = process.env[name]!;
 }
 // Anything else burning CPU here (another L1, a build) slows one side's rounds more than the other's.
@@ -112,7 +114,7 @@ if (decision.mode === "native") {
   exitCode = result.exitCode;
 }
 
-const latest = join(checkout, "bench", "results", "latest.json");
+const latest = join(resolve(checkout, process.env.BENCH_RESULTS_DIR ?? "bench/results"), "latest.json");
 // A run stopped by its time limit still saves what it measured.
 if (existsSync(latest) && statSync(latest).mtimeMs >= startedAtMs) {
   const results = JSON.parse(readFileSync(latest, "utf8")) as Results;

@@ -791,11 +791,34 @@ async function profileSection(): Promise<void> {
     }
     return totals;
   };
+  // KVM's kvm_pio trace event names the port of every port-I/O exit: which ports the guest hammers.
+  const tracing = existsSync(join(debugfs, "tracing", "events", "kvm", "kvm_pio")) ? join(debugfs, "tracing") : undefined;
+  const traceWrite = (file: string, value: string) => writeFileSync(join(tracing!, file), value);
+  const portsOf = (pid: number): Record<string, number> => {
+    const threads = new Set(readdirSync(`/proc/${pid}/task`).map(Number));
+    const counts: Record<string, number> = {};
+    for (const line of readFileSync(join(tracing!, "trace"), "utf8").split("\n")) {
+      // "  bun-1234  [001] d..1.  12.345: kvm_pio: pio_read at 0x64 size 1 count 1 val 0x1c"
+      const m = /-(\d+)\s+\[.*kvm_pio: pio_(read|write) at (0x[0-9a-f]+)/.exec(line);
+      if (!m || !threads.has(Number(m[1]))) continue;
+      const key = `${m[2]} ${m[3]}`;
+      counts[key] = (counts[key] ?? 0) + 1;
+    }
+    return Object.fromEntries(Object.entries(counts).sort((a, b) => b[1] - a[1]).slice(0, 12));
+  };
   const profile = async (argv: string[], consoleOn: "stdout" | "stderr") => {
+    if (tracing) {
+      traceWrite("buffer_size_kb", "16384");
+      Bun.spawnSync(["sh", "-c", `echo > ${join(tracing, "trace")}`]); // opening with O_TRUNC clears the buffer
+      traceWrite("events/kvm/kvm_pio/enable", "1");
+    }
     const w = spawnWatched(argv, consoleOn);
     try {
       const marker = await w.waitFor(INIT_MARKER, BOOT_TIMEOUT_MS);
-      return { toInitMs: marker.at - w.spawnedAt, stats: statsOf(w.proc.pid) };
+      const stats = statsOf(w.proc.pid);
+      if (tracing) traceWrite("events/kvm/kvm_pio/enable", "0");
+      // Read while the process (and so its thread list) still exists.
+      return { toInitMs: marker.at - w.spawnedAt, stats, ...(tracing ? { topPorts: portsOf(w.proc.pid) } : {}) };
     } finally {
       await stop(w, "SIGKILL");
     }
@@ -809,6 +832,7 @@ async function profileSection(): Promise<void> {
       if (!p) continue;
       result[which]!.push(p);
       log(`exit profile ${which} round ${round}: /init after ${ms(p.toInitMs)}; ${keys.filter((k) => k in p.stats).map((k) => `${k} ${p.stats[k]}`).join(", ")}`);
+      if (p.topPorts) log(`exit profile ${which} round ${round}: port I/O exits by port: ${Object.entries(p.topPorts).map(([k, v]) => `${k} ×${v}`).join(", ")}`);
     }
   }
   detail.exitProfile = result;

@@ -143,6 +143,8 @@ class ServedDevice {
   }
 }
 
+const COMMAND_RECHECK_MS = 1000;
+
 interface PollOwner {
   readonly device: ServedDevice;
   /** A queue's ioeventfd, or a backend descriptor. */
@@ -182,7 +184,9 @@ function serve(start: IoStartMessage): readonly object[] {
           owners.push({ device });
         }
       }
-      const revents = poll(entries, -1);
+      // A bounded wait: pause, stop and metrics requests are re-checked at least once a second even if their
+      // wake-up on the control eventfd were lost, so the thread can never sleep through a command.
+      const revents = poll(entries, COMMAND_RECHECK_MS);
       if (Atomics.load(control, IO_CONTROL_COMMAND) === IO_PAUSE) {
         // The ring positions reported are those after every request taken so far was completed.
         post({ type: "paused", devices: devices.map((device) => device.state()) });

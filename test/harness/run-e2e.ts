@@ -46,6 +46,9 @@ const namesFiles = extraArgs.some((arg) => /\.test\.ts$/.test(arg));
 const testCommand = [
   process.execPath, "test", ...(namesFiles ? [] : ["./test/e2e"]),
   "--timeout", "600000",
+  // One more try for a failed test: nested KVM under an emulated CPU occasionally crashes or hangs a guest early in
+  // boot or while it patches its own text (seen: triple faults, static_call oopses in L2); a real bug fails twice.
+  "--retry=1",
   // junit only adds the XML file: bun still prints its usual per-test lines.
   "--reporter=junit", `--reporter-outfile=${reportFile}`,
   ...extraArgs,

@@ -878,7 +878,7 @@ for (const name of ALL_SECTIONS) if (!selected.has(name)) unmeasured.push({ what
 
 unmeasured.push(
   { what: "block and network throughput", why: "not in this benchmark yet: it needs a guest image with a load generator (fio/iperf-like) for both VMMs and, for QEMU, the same virtio-mmio devices; left for a follow-up" },
-  { what: "clone latency", why: "Volt's in-memory snapshot/clone command was not part of the committed CLI when this benchmark was written; a restore of a file snapshot is measured instead" },
+  { what: "clone latency", why: "`volt snapshot clone` (from an in-memory snapshot) landed while this benchmark was being written and has no row yet; QEMU has no equivalent, and a restore of a file snapshot is measured instead" },
 );
 
 // ------------------------------------------------------------------ results

@@ -83,7 +83,7 @@ export function renderMarkdown(results: Results): string {
     lines.push(`| ${m.group}: ${m.label} [${m.unit}] | ${cell(m.volt)} | ${m.baselineName}: ${cell(m.baseline)} | ${r} | ${rounds} |`);
   }
   lines.push("");
-  lines.push("Ratios below 1 favour Volt for every metric here (all are lower-is-better).");
+  lines.push("Ratios below 1 favour Volt for every metric here except the density count, where higher is better.");
   if (results.unmeasured.length > 0) {
     lines.push("");
     lines.push("Not measured here:");

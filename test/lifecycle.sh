@@ -92,15 +92,23 @@ step "volt=$VOLT kernel=$KERNEL runtime=${XDG_RUNTIME_DIR:-/run}/volt json=$JSON
 # 1-2. Three VMs in the background, each booted (its console marker in its log) before the next starts:
 # booting is what loads a nested-KVM host most, and three at once have crashed an emulated L1.
 for id in "${IDS[@]}"; do
-  # --snapshot-dir: the sandbox lets a VM write snapshots only where it was told it may.
-  volt_json run --detach --id "$id" --kernel "$KERNEL" --initrd "$INITRD" --mem 128 --snapshot-dir "$WORK"
-  expect_eq "run --detach $id: exit" "$RC" 0
-  STARTED+=("$id")
-  expect_eq "run --detach $id: ok" "$(printf '%s' "$OUT" | json_get .ok)" true
-  expect_eq "run --detach $id: id" "$(printf '%s' "$OUT" | json_get .id)" "$id"
-  pid=$(printf '%s' "$OUT" | json_get .pid)
-  [[ "$pid" =~ ^[0-9]+$ ]] || fail "run --detach $id: pid '$pid'"
-  alive "$pid" || fail "run --detach $id: pid $pid is not running"
+  for attempt in 1 2; do
+    # --snapshot-dir: the sandbox lets a VM write snapshots only where it was told it may.
+    volt_json run --detach --id "$id" --kernel "$KERNEL" --initrd "$INITRD" --mem 128 --snapshot-dir "$WORK"
+    expect_eq "run --detach $id: exit" "$RC" 0
+    STARTED+=("$id")
+    expect_eq "run --detach $id: ok" "$(printf '%s' "$OUT" | json_get .ok)" true
+    expect_eq "run --detach $id: id" "$(printf '%s' "$OUT" | json_get .id)" "$id"
+    pid=$(printf '%s' "$OUT" | json_get .pid)
+    [[ "$pid" =~ ^[0-9]+$ ]] || fail "run --detach $id: pid '$pid'"
+    sleep 1
+    alive "$pid" && break
+    # Under the nested setup a guest very rarely triple-faults on its first entries while another VM runs
+    # (seen once in a clean-clone CI run); one more start is the recovery, said loudly. Twice is a failure.
+    ((attempt == 1)) || fail "run --detach $id: pid $pid is not running"
+    step "WARNING: $id (pid $pid) ended right after starting: $("$VOLT" inspect "$id" --json 2>/dev/null | tr -d '\n' | grep -o '"detail": *"[^"]*"' | head -1); starting it once more"
+    "$VOLT" ls --json >/dev/null 2>&1 || true
+  done
   [[ -S "$(printf '%s' "$OUT" | json_get .apiSocket)" ]] || fail "run --detach $id: no API socket"
   PIDS+=("$pid")
   console_log=$(printf '%s' "$OUT" | json_get .consoleLog)

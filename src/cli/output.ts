@@ -1,8 +1,10 @@
 /**
  * How commands talk to people and scripts: with --json exactly one JSON
  * document goes to stdout (success or error, so scripts can always parse it);
- * human-readable errors always go to stderr.
+ * errors are also logged on stderr (src/log: text or JSON lines, as
+ * --log-format says; --log-level silent hides them).
  */
+import { log } from "../log/index.ts";
 import type { ExitCode } from "./exit-codes.ts";
 import { EXIT } from "./exit-codes.ts";
 
@@ -30,8 +32,8 @@ export function printJson(value: unknown): void {
 export function reportError(error: unknown, json: boolean): ExitCode {
   const cliError =
     error instanceof CliError ? error : new CliError("internal", error instanceof Error ? error.message : String(error), EXIT.internal);
-  process.stderr.write(`volt: ${cliError.message}\n`);
-  if (cliError.exitCode === EXIT.internal && error instanceof Error && error.stack) process.stderr.write(`${error.stack}\n`);
+  const stack = cliError.exitCode === EXIT.internal && error instanceof Error && error.stack ? error.stack : undefined;
+  log.error(cliError.message, { kind: cliError.kind, exitCode: cliError.exitCode, ...(stack !== undefined ? { stack } : {}) });
   if (json) printJson({ ok: false, error: { kind: cliError.kind, message: cliError.message } });
   return cliError.exitCode;
 }

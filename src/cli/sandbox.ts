@@ -13,10 +13,13 @@
  * `--no-sandbox`, `--no-landlock` and `--no-seccomp` turn them off, loudly.
  */
 import { resolve } from "node:path";
-import { isSandboxed, probeLandlock, restrictAndReexec, planLandlock, describePlan } from "../sandbox/landlock.ts";
+import { SANDBOX_ENV_MARKER, isSandboxed, probeLandlock, restrictAndReexec, planLandlock, describePlan } from "../sandbox/landlock.ts";
 import { prepareRuntime, runtimeFacts, socketDirs, vmLandlockPolicy, type VmPathNeeds } from "../sandbox/policy.ts";
 import { describePolicy, formatPolicy, installSeccomp, vmmSeccompPolicy } from "../sandbox/seccomp.ts";
 import type { VmConfig } from "../vmm/config.ts";
+import { log as rootLog, logEnvironment } from "../log/index.ts";
+
+const log = rootLog.withTag("sandbox");
 
 export interface SandboxChoice {
   readonly landlock: boolean;
@@ -40,9 +43,9 @@ export function sandboxChoice(parsed: Record<string, unknown>): SandboxChoice {
   const choice = { landlock: !off("no-sandbox") && !off("no-landlock"), seccomp: !off("no-sandbox") && !off("no-seccomp") };
   // Warn once: in the first process, not again after the re-exec into the sandbox.
   if (!isSandboxed()) {
-    if (!choice.landlock && !choice.seccomp) process.stderr.write("volt: warning: running without the sandbox (--no-sandbox): a compromised volt can reach everything this user can\n");
-    else if (!choice.landlock) process.stderr.write("volt: warning: running without Landlock (--no-landlock): volt's file access is not restricted\n");
-    else if (!choice.seccomp) process.stderr.write("volt: warning: running without seccomp (--no-seccomp): volt's system calls are not filtered\n");
+    if (!choice.landlock && !choice.seccomp) log.warn("running without the sandbox (--no-sandbox): a compromised volt can reach everything this user can");
+    else if (!choice.landlock) log.warn("running without Landlock (--no-landlock): volt's file access is not restricted");
+    else if (!choice.seccomp) log.warn("running without seccomp (--no-seccomp): volt's system calls are not filtered");
   }
   return choice;
 }
@@ -85,16 +88,29 @@ export function vmPathNeeds(inputs: VmSandboxInputs): VmPathNeeds {
  * after a warning, or when it is turned off).
  */
 export function enterLandlock(choice: SandboxChoice, needs: VmPathNeeds, extraEnv: Record<string, string> = {}): void {
-  if (!choice.landlock || isSandboxed()) return;
+  if (!choice.landlock) return;
+  if (isSandboxed()) {
+    log.debug("running inside Landlock (re-executed)", { abi: process.env[SANDBOX_ENV_MARKER] });
+    return;
+  }
   const runtime = prepareRuntime();
-  const outcome = restrictAndReexec(vmLandlockPolicy(needs, runtime.facts), { env: { ...process.env, ...runtime.env, ...extraEnv } });
-  if (outcome.status === "unavailable") process.stderr.write(`volt: warning: Landlock is unavailable here (${outcome.reason}); running without it\n`);
+  log.debug("restricting with Landlock and re-executing", {
+    readOnlyFiles: needs.readOnlyFiles.length,
+    readWriteFiles: needs.readWriteFiles.length,
+    readWriteDirs: needs.readWriteDirs.length,
+    unixSocketDirs: needs.unixSocketDirs.length,
+  });
+  // The log settings ride along in the environment (main.ts put them there), like everything else volt needs.
+  const outcome = restrictAndReexec(vmLandlockPolicy(needs, runtime.facts), { env: { ...process.env, ...logEnvironment(), ...runtime.env, ...extraEnv } });
+  if (outcome.status === "unavailable") log.warn(`Landlock is unavailable here (${outcome.reason}); running without it`);
 }
 
 /** Step 2: the seccomp filter for every thread; call after the VM is built, before its vCPUs start. */
 export function enterSeccomp(choice: SandboxChoice, options: { snapshotsToDisk: boolean }): void {
   if (!choice.seccomp) return;
-  installSeccomp(vmmSeccompPolicy({ snapshotsToDisk: options.snapshotsToDisk }));
+  const policy = vmmSeccompPolicy({ snapshotsToDisk: options.snapshotsToDisk });
+  installSeccomp(policy);
+  log.debug("seccomp filter installed for every thread", { policy: policy.name, rules: policy.entries.length });
 }
 
 /** What `volt sandbox show` prints: the seccomp allowlist and the Landlock plan for these needs on this kernel. */

@@ -10,6 +10,9 @@ import type { BuiltVm } from "../vmm/builder.ts";
 import { RunningVm, type ConsoleIo, type DeviceSnapshot, type VmOutcome } from "../vmm/vmm.ts";
 import { EXIT, type ExitCode } from "./exit-codes.ts";
 import { CliError, printJson } from "./output.ts";
+import { log as rootLog } from "../log/index.ts";
+
+const log = rootLog.withTag("vm");
 
 /** Builds through `build`, turning build errors into CLI errors (bad input: exit 2; no KVM: exit 3). */
 export function buildOrExplain<T>(build: () => T): T {
@@ -33,6 +36,20 @@ export async function checkApiSocket(path: string | undefined): Promise<void> {
   }
 }
 
+/** A debug line once a VM is built (cheap: once per boot, never per exit). */
+export function logBuilt(built: BuiltVm, how: "boot" | "restore"): void {
+  if (!log.enabled("debug")) return;
+  log.debug(how === "boot" ? "VM built" : "VM built from the snapshot", {
+    kernel: built.kernel.format,
+    protocol: built.kernel.protocol,
+    vcpus: built.vcpus.length,
+    memoryMiB: built.config.memoryMiB,
+    acpi: built.acpi,
+    devices: (built.config.virtioDevices ?? []).map((device) => device.kind).join(",") || undefined,
+    cmdline: built.cmdline,
+  });
+}
+
 export interface SessionOptions {
   readonly console: ConsoleIo;
   readonly startedAtMs: number;
@@ -49,17 +66,21 @@ export async function runSession(built: BuiltVm, options: SessionOptions): Promi
     const running = await RunningVm.start(built, {
       console: options.console,
       startedAtMs: options.startedAtMs,
-      onDeviceError: (message) => process.stderr.write(`volt: ${message}\n`),
+      onDeviceError: (message) => log.withTag("device").error(message),
       ...(options.restore ? { restore: options.restore } : {}),
     });
+    log.debug(options.restore ? "vCPUs started (restored)" : "vCPUs started", { vcpus: built.vcpus.length });
     if (options.apiSocket !== undefined) {
       try {
         api = await startApiServer(options.apiSocket, running, options.snapshotDirs !== undefined ? { snapshotDirs: options.snapshotDirs } : {});
+        log.debug("control API listening", { apiSocket: options.apiSocket });
       } catch (error) {
         running.stop("error", `cannot serve the API on ${options.apiSocket}: ${(error as Error).message}`);
       }
     }
-    return await running.outcome;
+    const outcome = await running.outcome;
+    log.debug("VM ended", { outcome: outcome.kind, detail: outcome.detail });
+    return outcome;
   } finally {
     api?.stop();
     built.dispose();
@@ -98,7 +119,7 @@ export function reportOutcome(outcome: VmOutcome, built: BuiltVm, json: boolean,
       ...(outcome.bootTimeMs !== undefined ? { bootTimeMs: outcome.bootTimeMs } : {}),
     });
   } else if (exitCode !== EXIT.ok) {
-    process.stderr.write(`volt: ${outcome.detail}\n`);
+    log.error(outcome.detail, { outcome: outcome.kind, exitCode });
   }
   return exitCode;
 }

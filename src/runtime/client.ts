@@ -1,4 +1,7 @@
 /** Requests to a VM's control API over its Unix socket, with a deadline, for the lifecycle commands. */
+import { log as rootLog } from "../log/index.ts";
+
+const log = rootLog.withTag("api-client");
 
 export class ApiUnreachableError extends Error {
   override name = "ApiUnreachableError";
@@ -17,6 +20,7 @@ export async function apiRequest(
   options: { body?: unknown; timeoutMs?: number } = {},
 ): Promise<ApiAnswer> {
   let response: Response;
+  const started = performance.now();
   try {
     response = await fetch(`http://volt${path}`, {
       method,
@@ -26,8 +30,10 @@ export async function apiRequest(
     } as RequestInit);
   } catch (error) {
     const why = (error as Error).name === "TimeoutError" ? `no answer within ${options.timeoutMs ?? 10_000} ms` : (error as Error).message;
+    log.trace("API request failed", { method, path, socket, error: why });
     throw new ApiUnreachableError(`cannot reach the VM's API at ${socket}: ${why}`, { cause: error });
   }
+  log.trace("API request answered", { method, path, socket, status: response.status, ms: Math.round(performance.now() - started) });
   const text = await response.text();
   let body: unknown;
   try {

@@ -13,6 +13,9 @@ import { resolve } from "node:path";
 import { apiRequest } from "./client.ts";
 import { runtimeRoot, vmPaths } from "./dirs.ts";
 import { claimVmDir, inspectEntry, removeVmDir, type ExitRecord } from "./registry.ts";
+import { log as rootLog, logEnvironment } from "../log/index.ts";
+
+const log = rootLog.withTag("runtime");
 
 /** The flag that tells `volt run` it is the background half of --detach (it adopts the directory its parent claimed). */
 export const DETACHED_CHILD_FLAG = "--detached-child";
@@ -92,7 +95,8 @@ export async function startDetached(options: DetachOptions): Promise<DetachedVm>
       detached: true,
       stdio: ["ignore", logFd, logFd],
       cwd: process.cwd(),
-      env: process.env,
+      // The background volt logs (into volt.log) as this one was asked to: --log-level/--log-format travel as VOLT_LOG_*.
+      env: { ...process.env, ...logEnvironment() },
     });
     closeSync(logFd);
     logFd = undefined;
@@ -107,6 +111,7 @@ export async function startDetached(options: DetachOptions): Promise<DetachedVm>
     }
     // Until the child writes its own, so a `volt ls` meanwhile sees a starting VM with a pid.
     await Bun.write(paths.pid, `${pid}\n`);
+    log.debug("background volt started; waiting for its API", { vm: paths.id, childPid: pid, apiSocket, processLog: paths.processLog });
 
     const deadline = Date.now() + (options.timeoutMs ?? DEFAULT_START_TIMEOUT_MS);
     for (;;) {
@@ -114,6 +119,7 @@ export async function startDetached(options: DetachOptions): Promise<DetachedVm>
       try {
         const answer = await apiRequest(apiSocket, "GET", "/vm", { timeoutMs: 2000 });
         if (answer.status === 200) {
+          log.debug("background VM's API answers", { vm: paths.id, childPid: pid });
           child.unref();
           return { id: paths.id, pid, apiSocket, consoleLog: paths.consoleLog, consoleSocket: paths.consoleSocket, runtimeDir: paths.dir };
         }
@@ -160,21 +166,36 @@ function logTail(path: string): string {
   }
 }
 
-/** The last JSON document in a file (volt prints one, pretty-printed, as its last output), or undefined. */
-function lastJsonDocument(path: string): unknown {
+/**
+ * The last JSON document in a file (volt prints one, pretty-printed, as its last output), or undefined.
+ * With --log-format json the file also holds one-line JSON log records (they carry "time" and "level"
+ * and no "ok"); those are not the document and are passed over.
+ */
+export function lastJsonDocument(path: string): unknown {
   let text: string;
   try {
     text = readFileSync(path, "utf8").trimEnd();
   } catch {
     return undefined;
   }
-  const starts = [...text.matchAll(/^\{/gm)].map((match) => match.index);
-  for (const start of starts.reverse()) {
-    try {
-      return JSON.parse(text.slice(start));
-    } catch {
-      // Not where the document starts (a "{" line inside it, or other output): try the one before.
+  const lines = text.split("\n");
+  for (let start = lines.length - 1; start >= 0; start--) {
+    if (!lines[start]!.startsWith("{")) continue;
+    // A document ends with a "}" line of its own (pretty-printed) or on its first line; log lines may follow it.
+    for (let end = start; end < lines.length; end++) {
+      if (end > start && lines[end] !== "}") continue;
+      try {
+        const parsed: unknown = JSON.parse(lines.slice(start, end + 1).join("\n"));
+        if (!isLogRecord(parsed)) return parsed;
+        break;
+      } catch {
+        // Not the end of this document (or not a document): look further, then at an earlier start.
+      }
     }
   }
   return undefined;
+}
+
+function isLogRecord(value: unknown): boolean {
+  return typeof value === "object" && value !== null && !("ok" in value) && "time" in value && "level" in value && "message" in value;
 }

@@ -13,6 +13,9 @@ import type { ConsoleIo } from "../vmm/vmm.ts";
 import { RuntimeConsole } from "./console.ts";
 import { checkSocketPaths, checkVmId, runtimeRoot, vmPaths, type VmPaths } from "./dirs.ts";
 import { claimVmDir, processStartTime, writeJsonAtomic, type ExitRecord, type RuntimeRecord } from "./registry.ts";
+import { log as rootLog, setLogContext } from "../log/index.ts";
+
+const log = rootLog.withTag("runtime");
 
 export interface RegistrationOptions {
   /** The VM's id; a fresh one when absent (never absent for a detached child: its parent chose it). */
@@ -55,6 +58,9 @@ export class VmRegistration {
       socketPath: paths.consoleSocket,
       ...(options.terminal ? { inner: options.terminal } : {}),
     });
+    // From here on every JSON log line of this process names the VM.
+    setLogContext({ vm: paths.id });
+    log.debug("runtime directory ready", { dir: paths.dir, adopted: options.adopt });
     // Absolute, so `volt ls` from any directory reaches it.
     return new VmRegistration(paths, options.apiSocket !== undefined ? resolve(options.apiSocket) : paths.apiSocket, console, options.adopt);
   }

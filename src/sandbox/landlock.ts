@@ -20,6 +20,7 @@
  * decides whether running unsandboxed is acceptable, and prints it.
  */
 import { statSync } from "node:fs";
+import { log } from "../log/index.ts";
 import { ERRNO, SyscallError, errnoName } from "../ffi/errno.ts";
 import {
   LANDLOCK_ACCESS_FS,
@@ -381,7 +382,7 @@ export function restrictAndReexec(
   } catch (error) {
     // This thread is already restricted and cannot be un-restricted: nothing sensible remains but to stop.
     const detail = error instanceof SyscallError ? error.message : String(error);
-    process.stderr.write(`volt: re-exec into the sandbox failed: ${detail} (is ${command.path} allowed "exec" by the policy?)\n`);
+    log.withTag("sandbox").error(`re-exec into the sandbox failed: ${detail} (is ${command.path} allowed "exec" by the policy?)`, { path: command.path });
     process.exit(126);
   }
 }

@@ -38,6 +38,9 @@ import type { VmConfig } from "../../vmm/config.ts";
 import { EXIT } from "../exit-codes.ts";
 import { CliError, usageError } from "../output.ts";
 import { buildOrExplain } from "../vm-session.ts";
+import { log as rootLog, logEnvironment } from "../../log/index.ts";
+
+const log = rootLog.withTag("jail");
 
 const jailerPath: string = jailerAsset;
 
@@ -258,8 +261,15 @@ export async function runJailed(input: JailedRunInput): Promise<number> {
     jailError(error);
   }
   try {
-    process.stderr.write(`volt: jail ${id}: ${plan.root}, uid ${flags.uid} gid ${flags.gid}${cgroup ? `, cgroup ${cgroup.path}` : ""}\n`);
-    const env: Record<string, string> = { PATH: "/", HOME: JAIL_HOME, TMPDIR: JAIL_HOME };
+    log.info(`jail ${id}: ${plan.root}, uid ${flags.uid} gid ${flags.gid}${cgroup ? `, cgroup ${cgroup.path}` : ""}`, {
+      jail: id,
+      root: plan.root,
+      uid: flags.uid,
+      gid: flags.gid,
+      ...(cgroup ? { cgroup: cgroup.path } : {}),
+    });
+    // A clean environment for the jailed volt, but it logs as this one does (--log-level/--log-format, via VOLT_LOG_*).
+    const env: Record<string, string> = { PATH: "/", HOME: JAIL_HOME, TMPDIR: JAIL_HOME, ...logEnvironment() };
     for (const name of ["TERM", "NO_COLOR"]) if (process.env[name] !== undefined) env[name] = process.env[name]!;
     const child = Bun.spawn(jailerArgv(plan), { stdio: ["inherit", "inherit", "inherit"], env });
     // The jailer passes these on to the jailed volt (and the terminal's Ctrl-C reaches it directly as well).
@@ -276,7 +286,7 @@ export async function runJailed(input: JailedRunInput): Promise<number> {
     return child.exitCode ?? EXIT.internal;
   } finally {
     removeJail(plan);
-    if (cgroup) await removeCgroup(cgroup).catch((error: unknown) => process.stderr.write(`volt: warning: ${(error as Error).message}\n`));
+    if (cgroup) await removeCgroup(cgroup).catch((error: unknown) => log.warn((error as Error).message, { cgroup: cgroup.path }));
   }
 }
 

@@ -5,6 +5,7 @@ import { KvmError } from "../../kvm/errors.ts";
 import { Kvm, DEFAULT_KVM_PATH } from "../../kvm/system.ts";
 import { EXIT } from "../exit-codes.ts";
 import { CliError, printJson, rejectUnknownFlags, reportError } from "../output.ts";
+import { log } from "../../log/index.ts";
 
 const args = {
   json: { type: "boolean", description: "Print one JSON document on stdout (also on failure)", default: false },
@@ -38,7 +39,7 @@ export const kvmCheckCommand = defineCommand({
       const warning = kvmBackendWarning();
       if (json) printJson({ ok, kvm: report, ...(parsed.smoke ? { smoke } : {}), warnings: warning ? [warning] : [] });
       else printText(report, smoke);
-      if (warning) process.stderr.write(`volt: warning: ${warning}\n`);
+      if (warning) log.withTag("kvm").warn(warning);
       reportPrinted = true;
       if (report.missingCapabilities.length > 0) {
         throw new CliError("missing-capability", `KVM at ${report.path} lacks: ${report.missingCapabilities.join(", ")}`, EXIT.kvmUnavailable);

@@ -30,6 +30,7 @@ import {
 } from "../../runtime/registry.ts";
 import { EXIT, type ExitCode } from "../exit-codes.ts";
 import { CliError, printJson, rejectUnknownFlags, reportError, usageError } from "../output.ts";
+import { log } from "../../log/index.ts";
 
 export const LIFECYCLE_EXIT = { timeout: 124 as ExitCode } as const;
 
@@ -184,7 +185,7 @@ export const lsCommand = defineCommand({
       process.stdout.write(rows.map((row) => row.map((cell, i) => cell.padEnd(widths[i]!)).join("  ").trimEnd()).join("\n") + "\n");
       for (const entry of cleanedOut) {
         const how = entry.status === "exited" ? `exited with status ${entry.exitCode}${entry.detail ? `: ${entry.detail}` : ""}` : "its process died without an exit record";
-        process.stderr.write(`volt: cleaned up ${entry.id} (${how})\n`);
+        log.info(`cleaned up ${entry.id} (${how})`, { vm: entry.id, status: entry.status });
       }
     });
   },
@@ -349,7 +350,7 @@ export const waitCommand = defineCommand({
           ...(ended.exit ? exitSummary(ended.exit) : { detail: "the VM's process ended without recording how (killed or crashed)" }),
         });
       } else if (exitCode !== EXIT.ok) {
-        process.stderr.write(`volt: ${entry.paths.id} ended with status ${exitCode}: ${ended.exit?.detail ?? ended.exit?.error?.message ?? "its process died without an exit record"}\n`);
+        log.error(`${entry.paths.id} ended with status ${exitCode}: ${ended.exit?.detail ?? ended.exit?.error?.message ?? "its process died without an exit record"}`, { vm: entry.paths.id, exitCode });
       }
       return exitCode;
     });
@@ -545,7 +546,7 @@ export const consoleCommand = defineCommand({
       });
       const stdin = process.stdin;
       const raw = stdin.isTTY === true;
-      if (!parsed.json) process.stderr.write(`volt: attached to ${entry.paths.id}'s console; Ctrl-] detaches\r\n`);
+      if (!parsed.json) log.info(`attached to ${entry.paths.id}'s console; Ctrl-] detaches`, { vm: entry.paths.id }, { crlf: true });
       const reason = await new Promise<"detached" | "vm-exited">((resolve) => {
         if (raw) stdin.setRawMode(true);
         const finish = (why: "detached" | "vm-exited") => {
@@ -574,7 +575,7 @@ export const consoleCommand = defineCommand({
       socket.end();
       socket.destroy();
       if (parsed.json) printJson({ ok: true, id: entry.paths.id, reason });
-      else process.stderr.write(reason === "detached" ? `\r\nvolt: detached from ${entry.paths.id} (it runs on)\r\n` : `\r\nvolt: ${entry.paths.id} ended\r\n`);
+      else log.info(reason === "detached" ? `detached from ${entry.paths.id} (it runs on)` : `${entry.paths.id} ended`, { vm: entry.paths.id, reason }, { crlf: true, freshLine: true });
     });
   },
 });

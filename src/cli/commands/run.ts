@@ -8,7 +8,8 @@ import { isSandboxed } from "../../sandbox/landlock.ts";
 import { DEFAULT_CMDLINE, DEFAULT_MEMORY_MIB, DEFAULT_VCPUS, MAX_VCPUS, type VmConfig } from "../../vmm/config.ts";
 import { EXIT } from "../exit-codes.ts";
 import { CliError, rejectUnknownFlags, reportError, usageError } from "../output.ts";
-import { buildOrExplain, checkApiSocket, reportOutcome, runSession, terminalConsole } from "../vm-session.ts";
+import { buildOrExplain, checkApiSocket, logBuilt, reportOutcome, runSession, terminalConsole } from "../vm-session.ts";
+import { log, setLogContext } from "../../log/index.ts";
 import { registerRun, runDetached, type RunRegistration } from "../../runtime/cli-glue.ts";
 import { runtimeRoot } from "../../runtime/dirs.ts";
 import { defaultInitramfs, resolveKernel } from "../defaults.ts";
@@ -89,6 +90,8 @@ export const runCommand = defineCommand({
       const { config, onReboot, alsoRead } = resolveConfig(parsed, rawArgs);
       const givenApiSocket = typeof parsed["api-socket"] === "string" ? parsed["api-socket"] : undefined;
       const id = typeof parsed.id === "string" ? parsed.id : undefined;
+      // Every later JSON log line of this VM's process names it (a --detach parent has no id until it claims one).
+      if (id !== undefined && !parsed.detach) setLogContext({ vm: id });
       if (parsed.detach) {
         process.exitCode = await runDetached({ runArgs: rawArgs, json, ...(id !== undefined ? { id } : {}), ...(givenApiSocket !== undefined ? { apiSocket: givenApiSocket } : {}) });
         return;
@@ -119,10 +122,11 @@ export const runCommand = defineCommand({
       await checkApiSocket(apiSocket);
       const consoleIo = registration?.console ?? terminal();
       const warning = kvmBackendWarning();
-      if (warning) process.stderr.write(`volt: warning: ${warning}\n`);
+      if (warning) log.withTag("kvm").warn(warning);
       let restarts = 0;
       for (;;) {
         const built = buildOrExplain(() => buildForBoot(config));
+        logBuilt(built, "boot");
         registration?.recordStart(config);
         if (restarts === 0) enterSeccomp(sandbox, { snapshotsToDisk: snapshotDirs.length > 0 || registered });
         const outcome = await runSession(built, {
@@ -133,7 +137,8 @@ export const runCommand = defineCommand({
         });
         if (outcome.kind === "reboot" && onReboot === "restart") {
           restarts++;
-          if (!json) process.stderr.write(`volt: ${outcome.detail}; restarting the VM (restart ${restarts})\n`);
+          // With --json the outcome document says how many restarts there were; the line stays out of the way unless asked for.
+          (json ? log.debug : log.info).call(log, `${outcome.detail}; restarting the VM (restart ${restarts})`, { restarts });
           continue;
         }
         process.exitCode = reportOutcome(outcome, built, json, { restarts });

@@ -13,7 +13,8 @@ import { buildFromSnapshot, openSnapshot, openSnapshotBytes, type MachineState }
 import { kvmBackendWarning } from "../../diagnostics/host.ts";
 import { EXIT, type ExitCode } from "../exit-codes.ts";
 import { CliError, printJson, rejectUnknownFlags, reportError, usageError } from "../output.ts";
-import { buildOrExplain, checkApiSocket, reportOutcome, runSession, terminalConsole } from "../vm-session.ts";
+import { buildOrExplain, checkApiSocket, logBuilt, reportOutcome, runSession, terminalConsole } from "../vm-session.ts";
+import { log } from "../../log/index.ts";
 
 /** A request to a running VM's control API; an unreachable socket is bad input (exit 2). */
 async function callVm(socket: string, path: string, init: RequestInit = {}): Promise<Response> {
@@ -65,8 +66,9 @@ async function runRestored(
     extraEnv,
   );
   const warning = kvmBackendWarning();
-  if (warning) process.stderr.write(`volt: warning: ${warning}\n`);
+  if (warning) log.withTag("kvm").warn(warning);
   const restored = buildOrExplain(() => buildFromSnapshot(snapshot));
+  logBuilt(restored.built, "restore");
   const restoreMs = performance.timeOrigin + performance.now() - options.startedAtMs;
   enterSeccomp(sandbox, { snapshotsToDisk: snapshotDirs.length > 0 });
   const outcome = await runSession(restored.built, {
@@ -146,11 +148,13 @@ const createCommand = defineCommand({
         const status = response.status >= 500 ? EXIT.vmFailed : EXIT.usage;
         throw new CliError(body.error?.kind ?? "api", body.error?.message ?? `the VM answered HTTP ${response.status}`, status);
       }
+      const written = body.snapshot as { dir?: string; id?: string; memoryFileSize?: number; pausedMs?: number } | undefined;
+      log.debug(inMemory ? "in-memory snapshot taken" : "snapshot written", { dir: written?.dir, id: written?.id, memoryBytes: written?.memoryFileSize, pausedMs: written?.pausedMs });
       if (json) printJson({ ok: true, snapshot: body.snapshot });
       else if (inMemory) {
         const m = body.snapshot as { id: string; memoryFileSize: number; pausedMs: number };
         process.stdout.write(`${m.id}\n`);
-        process.stderr.write(`in-memory snapshot ${m.id}: ${(m.memoryFileSize / 2 ** 20).toFixed(0)} MiB, guest paused ${m.pausedMs.toFixed(0)} ms\n`);
+        log.info(`in-memory snapshot ${m.id}: ${(m.memoryFileSize / 2 ** 20).toFixed(0)} MiB, guest paused ${m.pausedMs.toFixed(0)} ms`, { id: m.id, pausedMs: m.pausedMs });
       } else {
         const s = body.snapshot as { dir: string; memoryFileSize: number; memoryBytesWritten: number; pausedMs: number; chunks?: { store: string; bytesDeduplicated: number; dedupRatio: number } };
         const dedup = s.chunks ? `, ${(s.chunks.bytesDeduplicated / 2 ** 20).toFixed(1)} MiB deduplicated in ${s.chunks.store} (ratio ${s.chunks.dedupRatio.toFixed(2)})` : ", the rest was zero";

@@ -18,7 +18,7 @@ import { Packr } from "msgpackr";
 
 export const SNAPSHOT_MAGIC = "VOLTSNAP";
 export const SNAPSHOT_MAJOR = 1;
-export const SNAPSHOT_MINOR = 0;
+export const SNAPSHOT_MINOR = 1;
 export const HEADER_SIZE = 24;
 
 /** bigints stay bigints (MSR values, xsave fields), byte arrays stay bytes. */

@@ -5,6 +5,7 @@
  * immediate_exit), and the worker reads them each time KVM_RUN returns.
  */
 import type { BootTimerState } from "../devices/legacy/boot-timer.ts";
+import type { I8042State } from "../devices/legacy/i8042.ts";
 import type { SerialState } from "../devices/legacy/serial.ts";
 import type { VirtioShared } from "../devices/virtio/io-thread.ts";
 import type { ExitCounterState } from "./exit-counters.ts";
@@ -32,6 +33,7 @@ export interface MachineShared {
   /** The VM fd, for KVM_IRQ_LINE from device interrupt lines. */
   readonly vmFd: number;
   readonly serial: SerialState;
+  readonly i8042: I8042State;
   /** The virtio-mmio devices: transport state (served on vCPU exits) and eventfds. */
   readonly virtio: VirtioShared;
   /** Present when the VM maps the boot-timer device. */

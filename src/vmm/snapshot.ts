@@ -25,6 +25,7 @@ import {
   type WrittenSnapshot,
 } from "../snapshot/files.ts";
 import type { VirtioDeviceSpec } from "../devices/virtio/factory.ts";
+import { I8042_STATE_BYTES } from "../devices/legacy/i8042.ts";
 import { closeVirtioEventFds } from "../devices/virtio/io-thread.ts";
 import { Kvm } from "../kvm/system.ts";
 import { Vcpu } from "../kvm/vcpu.ts";
@@ -150,6 +151,10 @@ function checkMachine(opened: OpenedSnapshot<MachineState>): OpenedSnapshot<Mach
   }
   if (state.devices.virtioTransports.length !== machine.virtioDevices.length) {
     throw new SnapshotError("payload", `${opened.dir}: ${state.devices.virtioTransports.length} virtio transports for ${machine.virtioDevices.length} devices`);
+  }
+  const keyboard = state.devices.i8042;
+  if (keyboard !== undefined && (!(keyboard instanceof Uint8Array) || keyboard.byteLength !== I8042_STATE_BYTES)) {
+    throw new SnapshotError("payload", `${opened.dir}: i8042 state is not the ${I8042_STATE_BYTES} bytes this volt keeps`);
   }
   return opened;
 }

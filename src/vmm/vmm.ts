@@ -9,6 +9,7 @@
  *              kernel's "reboot: Power down" / "System halted" console line;
  *   panic   — the kernel's "Kernel panic - not syncing" console line.
  */
+import type { I8042, KeyPressResult } from "../devices/legacy/i8042.ts";
 import { takeSerialOutput } from "../devices/legacy/serial.ts";
 import type { Finished } from "../vcpu/vcpu-thread.ts";
 import { VcpuThread } from "../vcpu/vcpu-thread.ts";
@@ -68,6 +69,8 @@ export interface VmMetrics {
 /** Everything the guest left in Volt's devices, for a snapshot (or from one, to restore). */
 export interface DeviceSnapshot {
   readonly serial: Uint8Array;
+  /** Absent in snapshots made before the i8042 kept state. */
+  readonly i8042?: Uint8Array;
   readonly bootTimer?: Uint8Array;
   /** Per virtio slot: the transport's shared registers. */
   readonly virtioTransports: readonly Uint8Array[];
@@ -99,6 +102,7 @@ export class RunningVm {
     end: (result: { kind: OutcomeKind; detail: string }) => void,
     private readonly startedAtMs: number,
     private readonly timing: { bootTimeMs?: number },
+    private readonly keyboard: I8042,
   ) {
     this.built = built;
     this.shared = shared;
@@ -201,7 +205,7 @@ export class RunningVm {
         cleanup();
       }
     })();
-    return new RunningVm(built, shared, threads, io, outcome, (result) => ended.resolve(result), options.startedAtMs, timing);
+    return new RunningVm(built, shared, threads, io, outcome, (result) => ended.resolve(result), options.startedAtMs, timing, hostSide.i8042);
   }
 
   /** Every vCPU parked outside KVM_RUN and every device quiesced. */
@@ -247,6 +251,7 @@ export class RunningVm {
     if (this.runState !== "paused" || !this.pausedDevices) throw new Error("the VM must be paused to capture its devices");
     return {
       serial: new Uint8Array(this.shared.serial.buffer).slice(),
+      i8042: new Uint8Array(this.shared.i8042.buffer).slice(),
       ...(this.shared.bootTimer ? { bootTimer: new Uint8Array(this.shared.bootTimer.buffer).slice() } : {}),
       virtioTransports: this.built.virtio.slots.map((slot) => new Uint8Array(slot.transport.buffer).slice()),
       virtioDevices: this.pausedDevices,
@@ -265,6 +270,15 @@ export class RunningVm {
       vcpus: vcpus.map((exits, id) => ({ id, exits })),
       devices: (await this.io?.stats()) ?? [],
     };
+  }
+
+  /**
+   * Presses Ctrl-Alt-Del on the guest's keyboard. What follows is the guest's
+   * choice: Linux reboots at once unless its init asked to be told instead
+   * (busybox and systemd inits do, and shut down cleanly).
+   */
+  sendCtrlAltDel(): KeyPressResult {
+    return this.keyboard.pressCtrlAltDel();
   }
 
   /** Ends the VM as if the guest had, with this outcome. */

@@ -7,6 +7,7 @@ import { mkdtempSync, readFileSync, rmSync, truncateSync, writeFileSync } from "
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { MEMORY_FILE, STATE_FILE, writeSnapshot } from "../../src/snapshot/files.ts";
+import { SNAPSHOT_MAJOR, SNAPSHOT_MINOR } from "../../src/snapshot/format.ts";
 import { MACHINE_STATE_VERSION } from "../../src/vmm/snapshot.ts";
 
 const root = join(import.meta.dir, "..", "..");
@@ -41,7 +42,7 @@ describe("volt snapshot inspect", () => {
     expect(text.exitCode).toBe(0);
     expect(text.stdout).toContain("1 vCPU(s), 1 MiB, elf via pvh");
     const json = JSON.parse(volt(["snapshot", "inspect", dir, "--json"]).stdout);
-    expect(json).toMatchObject({ ok: true, snapshot: { formatVersion: "1.0", vcpus: 1, memorySizeBytes: MiB, memoryFileSize: MiB, devices: [] } });
+    expect(json).toMatchObject({ ok: true, snapshot: { formatVersion: `${SNAPSHOT_MAJOR}.${SNAPSHOT_MINOR}`, vcpus: 1, memorySizeBytes: MiB, memoryFileSize: MiB, devices: [] } });
   });
 });
 
@@ -60,7 +61,7 @@ describe("volt snapshot restore refuses a bad snapshot with exit 2 before creati
   };
   test.each([
     ["a wrong CRC", (d: string) => flipLastByte(d), "snapshot-crc", "CRC-32 mismatch"],
-    ["an unknown major version", (d: string) => setMajor(d), "snapshot-version", "snapshot format 9.0 is not supported"],
+    ["an unknown major version", (d: string) => setMajor(d), "snapshot-version", `snapshot format 9.${SNAPSHOT_MINOR} is not supported`],
     ["a truncated memory file", (d: string) => truncateSync(join(d, MEMORY_FILE), 4096), "snapshot-memory", "(truncated)"],
     ["a missing memory file", (d: string) => rmSync(join(d, MEMORY_FILE)), "snapshot-missing", "memory file memory.raw is missing"],
     ["a missing state file", (d: string) => rmSync(join(d, STATE_FILE)), "snapshot-missing", "cannot read state.volt"],

@@ -5,7 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { MANIFEST_FILE } from "../../src/snapshot/chunks.ts";
 import { MEMORY_FILE, STATE_FILE, readSnapshot, writeSnapshot } from "../../src/snapshot/files.ts";
-import { HEADER_SIZE, SNAPSHOT_MAJOR, SnapshotError, decodeStateFile, encodeStateFile } from "../../src/snapshot/format.ts";
+import { HEADER_SIZE, SNAPSHOT_MAJOR, SNAPSHOT_MINOR, SnapshotError, decodeStateFile, encodeStateFile } from "../../src/snapshot/format.ts";
 
 const MiB = 1 << 20;
 const work = mkdtempSync(join(tmpdir(), "volt-snapfiles-"));
@@ -51,7 +51,7 @@ describe("snapshot files", () => {
     // Only the two 64 KiB blocks that hold data were written; the rest are holes.
     expect(written.memoryBytesWritten).toBe(2 * 64 * 1024);
     const opened = readSnapshot<typeof state>(dir);
-    expect(opened.meta).toMatchObject({ ...meta, formatVersion: `${SNAPSHOT_MAJOR}.0`, memoryFileSize: 3 * MiB });
+    expect(opened.meta).toMatchObject({ ...meta, formatVersion: `${SNAPSHOT_MAJOR}.${SNAPSHOT_MINOR}`, memoryFileSize: 3 * MiB });
     expect(opened.meta.regions).toEqual([
       { guestAddress: 0, size: 2 * MiB, fileOffset: 0 },
       { guestAddress: 4 * MiB, size: MiB, fileOffset: 2 * MiB },
@@ -87,7 +87,7 @@ describe("snapshot files", () => {
     const bytes = readFileSync(path);
     bytes.writeUInt16LE(SNAPSHOT_MAJOR + 1, 8);
     writeFileSync(path, bytes);
-    expectRefused(dir, "version", `snapshot format ${SNAPSHOT_MAJOR + 1}.0 is not supported`);
+    expectRefused(dir, "version", `snapshot format ${SNAPSHOT_MAJOR + 1}.${SNAPSHOT_MINOR} is not supported`);
   });
 
   test("another minor version of the same major is read (minor versions only add)", () => {

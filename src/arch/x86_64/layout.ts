@@ -78,6 +78,8 @@ export const KVM_TSS_ADDRESS = 0xfffb_d000;
 /** COM1: where every PC console driver looks first, on its ISA interrupt. */
 export const SERIAL_PORT_BASE = 0x3f8;
 export const SERIAL_IRQ = 4;
+/** The ISA keyboard interrupt: the i8042 raises it when the keyboard has a byte for the guest. */
+export const KEYBOARD_IRQ = 1;
 /** Volt's hardware-reduced ACPI sleep control, sleep status and reset registers (Cloud Hypervisor uses 0x600 too). */
 export const ACPI_POWER_PORT_BASE = 0x600;
 /** The i8042 keyboard controller (data 0x60, command/status 0x64): its reset command is how `reboot=k` guests reboot. */

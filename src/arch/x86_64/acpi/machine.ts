@@ -27,6 +27,7 @@ import {
   FADT_RESET_REG_SUP,
   FADT_SIZE,
   FADT_SLP_BUTTON,
+  IAPC_BOOT_ARCH_8042,
   IAPC_BOOT_ARCH_MSI_NOT_SUPPORTED,
   IAPC_BOOT_ARCH_PCIE_ASPM_CONTROLS,
   IAPC_BOOT_ARCH_VGA_NOT_PRESENT,
@@ -101,8 +102,8 @@ export function buildAcpiTables(machine: AcpiMachine): { rsdpAddress: number; by
       // Hardware-reduced: no fixed-feature registers, so no fixed power or sleep button either.
       flags: FADT_HW_REDUCED_ACPI | FADT_RESET_REG_SUP | FADT_PWR_BUTTON | FADT_SLP_BUTTON,
       // No VGA to probe, and no PCI: nothing that could use MSI or ASPM (as Firecracker says).
-      // No 8042 flag: Volt's i8042 is only a reset line, so the guest need not load a keyboard driver.
-      iapcBootArch: IAPC_BOOT_ARCH_VGA_NOT_PRESENT | IAPC_BOOT_ARCH_MSI_NOT_SUPPORTED | IAPC_BOOT_ARCH_PCIE_ASPM_CONTROLS,
+      // The 8042 flag makes Linux probe the controller without a PNP entry: its keyboard is how Ctrl-Alt-Del arrives.
+      iapcBootArch: IAPC_BOOT_ARCH_8042 | IAPC_BOOT_ARCH_VGA_NOT_PRESENT | IAPC_BOOT_ARCH_MSI_NOT_SUPPORTED | IAPC_BOOT_ARCH_PCIE_ASPM_CONTROLS,
       resetRegister: ioPortRegister(machine.power.resetPort),
       resetValue: machine.power.resetValue,
       sleepControl: ioPortRegister(machine.power.sleepControlPort),

@@ -25,7 +25,7 @@ import { DEFAULT_MEMORY_MIB, DEFAULT_VCPUS, MAX_VCPUS, type VmConfig } from "../
 import type { RunningVm } from "../vmm/vmm.ts";
 
 /** What the API needs of a running VM (RunningVm has it; unit tests pass a stand-in). */
-export type ControlledVm = Pick<RunningVm, "state" | "pause" | "resume" | "stop">;
+export type ControlledVm = Pick<RunningVm, "state" | "pause" | "resume" | "stop" | "sendCtrlAltDel">;
 
 /** How the API builds, restores and snapshots VMs (real KVM in `volt api`; a fake in unit tests). */
 export interface FirecrackerBackend {
@@ -318,11 +318,18 @@ export class FirecrackerApi {
       case "InstanceStart":
         return this.start();
       case "SendCtrlAltDel":
-        if (this.phase !== "started") return fault(NOT_BEFORE_START);
-        return fault("SendCtrlAltDel is not supported: Volt's i8042 has no keyboard to send it through (use PUT /vm/stop, or shut the guest down from inside).");
+        return this.ctrlAltDel();
       case "FlushMetrics":
         return fault("FlushMetrics is not supported: Volt has no metrics sink.");
     }
+  }
+
+  private ctrlAltDel(): Response {
+    const vm = this.startedVm();
+    if (vm.state === "stopping") return fault("The microVM is stopping.");
+    if (vm.state === "paused") return fault("SendCtrlAltDel needs a running microVM; this one is paused.");
+    if (vm.sendCtrlAltDel() === "buffer-full") return fault("The guest has not read the keys sent before (is its i8042 driver loaded?).");
+    return noContent();
   }
 
   private async start(): Promise<Response> {

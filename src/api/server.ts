@@ -7,6 +7,8 @@
  *   PUT  /vm/pause         park every vCPU and quiesce devices (409 if already paused)
  *   PUT  /vm/resume        (409 if not paused)
  *   PUT  /vm/stop          end the VM (outcome "signal", detail "stopped by the API")
+ *   PUT  /vm/ctrl-alt-del  press Ctrl-Alt-Del on the guest's keyboard (409 if paused, or if the guest has not read
+ *                          the last one yet); Linux reboots, or tells its init, which shuts down cleanly
  *   PUT  /snapshot/create  {"dir": "...", "force"?: bool, "chunkStore"?: "..."}; pauses for the capture, then runs on
  *                          {"inMemory": true}: kept in this process (a memfd), answered with its id
  *   GET  /snapshot/memory/ID     an in-memory snapshot's state file (octet-stream); the
@@ -158,6 +160,7 @@ const ROUTES: Record<string, readonly string[]> = {
   "/vm/pause": ["PUT"],
   "/vm/resume": ["PUT"],
   "/vm/stop": ["PUT"],
+  "/vm/ctrl-alt-del": ["PUT"],
   "/snapshot/create": ["PUT"],
 };
 
@@ -199,6 +202,11 @@ async function handle(request: Request, context: Context): Promise<Response> {
       case "/vm/stop":
         vm.stop("signal", "stopped by the API");
         return reply(200, { state: "stopping" });
+      case "/vm/ctrl-alt-del":
+        // A paused guest cannot read its keyboard; queueing keys for later would surprise whoever resumes it.
+        if (vm.state !== "running") return failure(409, "state", `the VM is ${vm.state}; Ctrl-Alt-Del needs it running`);
+        if (vm.sendCtrlAltDel() === "buffer-full") return failure(409, "keyboard-busy", "the guest has not read the keys sent before (is its i8042 driver loaded?)");
+        return reply(200, { ok: true, sent: "ctrl-alt-del", state: vm.state });
       case "/snapshot/create": {
         const body = await jsonBody(request);
         if (body instanceof Response) return body;

@@ -31,6 +31,11 @@ function fakeVm() {
       calls.push(`stop ${kind} ${detail}`);
       vm.state = "stopping";
     },
+    keyboardFull: false,
+    sendCtrlAltDel() {
+      calls.push("ctrl-alt-del");
+      return vm.keyboardFull ? "buffer-full" : "queued";
+    },
   };
   return { vm, calls };
 }
@@ -65,6 +70,23 @@ describe("control API", () => {
       expect(await call(socket, "PUT", "/vm/stop")).toMatchObject({ status: 200, body: { state: "stopping" } });
       expect(await call(socket, "PUT", "/vm/pause")).toMatchObject({ status: 409, body: { error: { kind: "state" } } });
       expect(calls).toEqual(["pause", "resume", "stop signal stopped by the API"]);
+    } finally {
+      server.stop();
+    }
+  });
+
+  test("Ctrl-Alt-Del reaches a running VM; a paused one, or a keyboard the guest has not read, is a 409", async () => {
+    const socket = join(work, "cad.sock");
+    const { vm, calls } = fakeVm();
+    const server = await startApiServer(socket, vm as unknown as RunningVm);
+    try {
+      expect(await call(socket, "PUT", "/vm/ctrl-alt-del")).toMatchObject({ status: 200, body: { ok: true, sent: "ctrl-alt-del" } });
+      expect(await call(socket, "GET", "/vm/ctrl-alt-del")).toMatchObject({ status: 405 });
+      vm.keyboardFull = true;
+      expect(await call(socket, "PUT", "/vm/ctrl-alt-del")).toMatchObject({ status: 409, body: { error: { kind: "keyboard-busy" } } });
+      await call(socket, "PUT", "/vm/pause");
+      expect(await call(socket, "PUT", "/vm/ctrl-alt-del")).toMatchObject({ status: 409, body: { error: { kind: "state" } } });
+      expect(calls).toEqual(["ctrl-alt-del", "ctrl-alt-del", "pause"]);
     } finally {
       server.stop();
     }

@@ -35,6 +35,11 @@ function fakeVm() {
       calls.push(`stop ${kind} ${detail}`);
       vm.state = "stopping";
     },
+    keyboardFull: false,
+    sendCtrlAltDel(): "queued" | "buffer-full" {
+      calls.push("ctrl-alt-del");
+      return vm.keyboardFull ? "buffer-full" : "queued";
+    },
   };
   return { vm, calls };
 }
@@ -212,9 +217,16 @@ describe("Firecracker API: configuration and InstanceStart", () => {
     expect((await call(api, "PATCH", "/vm", { state: "Paused" })).status).toBe(204);
     expect((await call(api, "PATCH", "/vm", { state: "Resumed" })).status).toBe(204);
     expect((await call(api, "GET", "/")).body).toMatchObject({ state: "Running" });
-    expect(faultOf(await call(api, "PUT", "/actions", { action_type: "SendCtrlAltDel" }))).toContain("SendCtrlAltDel is not supported");
     expect(faultOf(await call(api, "PUT", "/actions", { action_type: "FlushMetrics" }))).toContain("FlushMetrics is not supported");
     expect(calls).toEqual(["pause", "pause", "resume"]);
+    // SendCtrlAltDel presses the keys on a running VM; a paused one, or a guest that left the last press unread, is refused.
+    expect((await call(api, "PUT", "/actions", { action_type: "SendCtrlAltDel" })).status).toBe(204);
+    expect(calls.at(-1)).toBe("ctrl-alt-del");
+    vm.keyboardFull = true;
+    expect(faultOf(await call(api, "PUT", "/actions", { action_type: "SendCtrlAltDel" }))).toContain("has not read the keys sent before");
+    await call(api, "PATCH", "/vm", { state: "Paused" });
+    expect(faultOf(await call(api, "PUT", "/actions", { action_type: "SendCtrlAltDel" }))).toContain("paused");
+    expect(calls.filter((c) => c === "ctrl-alt-del")).toHaveLength(2);
     vm.state = "stopping";
     expect(faultOf(await call(api, "PATCH", "/vm", { state: "Paused" }))).toBe("The microVM is stopping.");
   });

@@ -153,6 +153,7 @@ export const X86_64_SYSCALLS = {
   unlinkat: 263,
   renameat: 264,
   linkat: 265,
+  symlinkat: 266,
   readlinkat: 267,
   utimensat: 280,
   faccessat: 269,
@@ -482,6 +483,8 @@ export function vmmSeccompPolicy(options: VmmSeccompOptions = {}): SeccompPolicy
       allow("link", "the chunk store names a finished chunk by hard link (never replacing one)"),
       allow("linkat", "the chunk store's hard links"),
       allow("utimensat", "the chunk store refreshes a reused chunk's mtime (garbage collection)"),
+      allow("symlink", "Firecracker's snapshot create names the memory file at mem_file_path by symlink"),
+      allow("symlinkat", "the same symlink"),
     );
   }
   const name = ["vmm", ...(options.snapshotsToDisk ? ["snapshots-to-disk"] : []), ...(options.consoleLog ? ["console-log"] : [])].join("+");

@@ -2,14 +2,15 @@
  * The i8042 on a real guest: Linux's i8042 and atkbd drivers probe Volt's
  * controller and keyboard (with a full keyboard probe: no i8042.dumbkbd on
  * this command line), and Firecracker's SendCtrlAltDel, then Volt's own
- * PUT /vm/ctrl-alt-del, reach the guest as key presses.
+ * PUT /vm/ctrl-alt-del, reach the guest as key presses. Also: `volt api` runs
+ * its VM under the seccomp filter.
  *
  * Debian's kernel on purpose, whatever kernel the other tests use: Ctrl-Alt-Del
  * travels through the VT keyboard handler, which the minimal test kernel in
  * ../shared leaves out.
  */
 import { afterAll, describe, expect, test } from "bun:test";
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { buildInitramfs } from "../../src/image/initramfs.ts";
@@ -87,6 +88,8 @@ describe.skipIf(!kvmUsable)(`i8042 keyboard on a real guest (${process.env.VOLT_
       expect(await vm.api("PUT", "/boot-source", { kernel_image_path: debianKernel, initrd_path: initrd, boot_args: bootArgs })).toEqual({ status: 204, body: undefined });
       expect(await vm.api("PUT", "/actions", { action_type: "InstanceStart" })).toEqual({ status: 204, body: undefined });
       await vm.waitFor(/VOLT-TICK=2\b/);
+      // volt api filters its system calls from InstanceStart on, as volt run does.
+      expect(readFileSync(`/proc/${vm.child.pid}/status`, "utf8")).toMatch(/^Seccomp:\s+2$/m);
       const boot = vm.console();
       expect(boot).toMatch(/serio: i8042 KBD port at 0x60,0x64 irq 1/);
       expect(boot).toMatch(/input: AT (Raw|Translated) Set 2 keyboard/);

@@ -139,14 +139,14 @@ describe("the VMM allowlist", () => {
     expect(verdict("open", [0x1000, O_CREAT | 1])).toBe(KILL);
     expect(verdict("mkdir")).toBe(KILL);
     expect(verdict("openat", [-100, 0x1000, O_RDWR | O_CREAT], withSnapshots)).toBe(ALLOW);
-    for (const name of ["mkdir", "mkdirat", "rmdir", "rename", "renameat", "renameat2", "link", "linkat", "utimensat"] as const) {
+    for (const name of ["mkdir", "mkdirat", "rmdir", "rename", "renameat", "renameat2", "link", "linkat", "utimensat", "symlink", "symlinkat"] as const) {
       expect(verdict(name, [], withSnapshots)).toBe(ALLOW);
     }
     // A rotated console log creates and renames files, and nothing more.
     const withLog = compilePolicy(vmmSeccompPolicy({ pid: PID, consoleLog: true }));
     expect(verdict("openat", [-100, 0x1000, O_RDWR | O_CREAT], withLog)).toBe(ALLOW);
     expect(verdict("rename", [], withLog)).toBe(ALLOW);
-    for (const name of ["mkdir", "rmdir", "link", "utimensat"] as const) expect(verdict(name, [], withLog)).toBe(KILL);
+    for (const name of ["mkdir", "rmdir", "link", "utimensat", "symlink", "symlinkat"] as const) expect(verdict(name, [], withLog)).toBe(KILL);
     expect(vmmSeccompPolicy({ snapshotsToDisk: true, consoleLog: true }).name).toBe("vmm+snapshots-to-disk+console-log");
   });
 

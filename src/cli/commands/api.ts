@@ -6,6 +6,12 @@
  * starts it. From then on the socket is a full Volt control API (Volt's
  * routes and Firecracker's), and the process ends when the VM does, with
  * `volt run`'s exit statuses.
+ *
+ * Sandbox: the seccomp filter goes on once the VM is built, before its vCPUs
+ * run, as in `volt run`. Landlock does not: it has to be in place before the
+ * process starts its threads (hence `volt run`'s restrict-and-re-exec), and
+ * here the paths the VM needs arrive later, over the API. Firecracker leaves
+ * this to its jailer; Volt's is `volt jail`.
  */
 import { defineCommand } from "citty";
 import { unlinkSync } from "node:fs";
@@ -18,6 +24,8 @@ import { buildFromSnapshot, openSnapshot, snapshotVm } from "../../vmm/snapshot.
 import { RunningVm } from "../../vmm/vmm.ts";
 import { EXIT } from "../exit-codes.ts";
 import { printJson, rejectUnknownFlags, reportError, usageError } from "../output.ts";
+import { log } from "../../log/index.ts";
+import { enterSeccomp } from "../sandbox.ts";
 import { checkApiSocket, reportOutcome, terminalConsole } from "../vm-session.ts";
 
 const args = {
@@ -33,9 +41,11 @@ const args = {
     valueHint: "name",
   },
   json: { type: "boolean", description: "Console to stderr; one JSON document with the outcome to stdout", default: false },
+  "no-seccomp": { type: "boolean", description: "Run the VM without the seccomp system-call filter (prints a warning)" },
+  "no-sandbox": { type: "boolean", description: "The same as --no-seccomp here (volt api has no Landlock; see --help)" },
 } as const;
 
-const VOLT_ROUTES = new Set(["/vm", "/vm/pause", "/vm/resume", "/vm/stop", "/metrics", "/snapshot/create"]);
+const VOLT_ROUTES = new Set(["/vm", "/vm/pause", "/vm/resume", "/vm/stop", "/vm/ctrl-alt-del", "/metrics", "/snapshot/create"]);
 
 type Started = { readonly running: RunningVm; readonly built: BuiltVm; readonly extra: Record<string, unknown> };
 
@@ -52,7 +62,10 @@ export const apiCommand = defineCommand({
       "  curl --unix-socket /tmp/fc.sock -X PUT http://localhost/actions -d '{\"action_type\": \"InstanceStart\"}'\n\n" +
       "The console goes to stdout (stderr with --json). PUT /vm/stop before InstanceStart ends the process.\n\n" +
       "Exit status: as volt run once the VM started (0, 5, 6, 130, 143); before that 0 (PUT /vm/stop), 130/143 (a\n" +
-      "signal), 2 bad command line or socket.",
+      "signal), 2 bad command line or socket.\n\n" +
+      "Sandbox: a seccomp filter from InstanceStart (or snapshot load) on, as in volt run (--no-seccomp turns it off).\n" +
+      "There is no Landlock here: the VM's paths are only known once configured; run volt api inside `volt jail`\n" +
+      "to confine its file access.",
   },
   args,
   async run({ args: parsed, rawArgs }) {
@@ -73,6 +86,16 @@ export const apiCommand = defineCommand({
       if (socket === undefined) throw usageError("give --socket PATH (or --id NAME for a socket in the runtime directory)");
       await checkApiSocket(socket);
       const consoleIo = registration?.console ?? terminal();
+      const seccomp = parsed["no-seccomp"] !== true && parsed["no-sandbox"] !== true;
+      if (!seccomp) log.warn("running without seccomp (--no-seccomp): the VM's system calls are not filtered");
+      let filtered = false;
+      // After a start that failed past this point the process is filtered for running a VM, not for building one.
+      const enterFilter = () => {
+        if (!seccomp) return;
+        if (filtered) throw new Error("a start failed after the seccomp filter went on; start a new volt api to try again");
+        enterSeccomp({ landlock: false, seccomp }, { snapshotsToDisk: true });
+        filtered = true;
+      };
       const warning = kvmBackendWarning();
       if (warning) process.stderr.write(`volt: warning: ${warning}\n`);
 
@@ -80,9 +103,11 @@ export const apiCommand = defineCommand({
       const runOptions = { console: consoleIo, startedAtMs, onDeviceError: (message: string) => process.stderr.write(`volt: ${message}\n`) };
       const backend: FirecrackerBackend = {
         async boot(config) {
+          if (filtered) enterFilter();
           const built = buildForBoot(config);
           let running: RunningVm;
           try {
+            enterFilter();
             running = await RunningVm.start(built, runOptions);
           } catch (error) {
             built.dispose();
@@ -93,9 +118,11 @@ export const apiCommand = defineCommand({
           return running;
         },
         async restore(dir, { resume }) {
+          if (filtered) enterFilter();
           const restored = buildFromSnapshot(openSnapshot(dir));
           let running: RunningVm;
           try {
+            enterFilter();
             running = await RunningVm.start(restored.built, { ...runOptions, restore: restored.devices });
           } catch (error) {
             restored.built.dispose();

@@ -2,8 +2,9 @@
 # Sets up a fresh Debian 12 machine (as root) to build, run and test Volt:
 # Debian packages, Bun (pinned, from the npm registry) and the project's
 # dependencies. Safe to run again: it installs only what is missing.
-# Test-only assets (Debian's kernel package, QEMU 10 for the nested-KVM
-# harness) are fetched and cached by test/harness/ when the tests need them.
+# Test-only assets (Debian's kernel package and kernel source, QEMU 10 for the
+# nested-KVM harness, a kernel built by `volt kernel build`) are fetched,
+# built and cached by test/harness/ when the tests need them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,8 +15,11 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # gcc + headers: the C shim and the ABI test; busybox-static + cpio: guest
 # initramfs; qemu-system-x86: the nested-KVM test harness and benchmarks;
-# e2fsprogs: ext4 root images.
-packages=(gcc libc6-dev linux-libc-dev busybox-static cpio qemu-system-x86 e2fsprogs acpica-tools iproute2 ca-certificates)
+# e2fsprogs: ext4 root images; make, flex, bison, bc, libelf-dev, xz-utils:
+# `volt kernel build` (the end-to-end tests build a kernel from Debian's
+# linux-source-6.1, which test/harness/ installs when it needs it).
+packages=(gcc libc6-dev linux-libc-dev busybox-static cpio qemu-system-x86 e2fsprogs acpica-tools iproute2 ca-certificates
+  make binutils flex bison bc libelf-dev xz-utils)
 missing=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)

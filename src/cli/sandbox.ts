@@ -37,9 +37,17 @@ export const SANDBOX_FLAGS = {
   },
 } as const;
 
-/** Reads the sandbox flags (citty camel/kebab both) and warns about anything turned off. */
+/**
+ * Whether a `--no-X` switch was given. citty 0.2 parses `--no-sandbox` as `sandbox: false` (its negation rule),
+ * never as `"no-sandbox": true`, so both spellings count (the latter is what callers and tests pass directly).
+ */
+export function switchedOff(parsed: Record<string, unknown>, name: `no-${string}`): boolean {
+  return parsed[name] === true || parsed[name.slice(3)] === false;
+}
+
+/** Reads the sandbox flags and warns about anything turned off. */
 export function sandboxChoice(parsed: Record<string, unknown>): SandboxChoice {
-  const off = (name: string) => parsed[name] === true;
+  const off = (name: `no-${string}`) => switchedOff(parsed, name);
   const choice = { landlock: !off("no-sandbox") && !off("no-landlock"), seccomp: !off("no-sandbox") && !off("no-seccomp") };
   // Warn once: in the first process, not again after the re-exec into the sandbox.
   if (!isSandboxed()) {

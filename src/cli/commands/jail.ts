@@ -38,6 +38,7 @@ import type { VmConfig } from "../../vmm/config.ts";
 import { EXIT } from "../exit-codes.ts";
 import { CliError, usageError } from "../output.ts";
 import { buildOrExplain } from "../vm-session.ts";
+import { switchedOff } from "../sandbox.ts";
 import { log as rootLog, logEnvironment } from "../../log/index.ts";
 
 const log = rootLog.withTag("jail");
@@ -142,7 +143,8 @@ export function parseJailFlags(parsed: Parsed): JailFlags {
 
 /** Flags handed to the jailed `volt run` unchanged. */
 export function passedFlags(parsed: Parsed): string[] {
-  return ["json", "no-sandbox", "no-landlock", "no-seccomp"].filter((name) => parsed[name] === true).map((name) => `--${name}`);
+  const off = (["no-sandbox", "no-landlock", "no-seccomp"] as const).filter((name) => switchedOff(parsed, name));
+  return [...(parsed.json === true ? ["json"] : []), ...off].map((name) => `--${name}`);
 }
 
 function realOrSelf(path: string): string {

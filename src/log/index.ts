@@ -216,12 +216,15 @@ export function formatTextLine(entry: Entry): string {
 
 // ---------------------------------------------------------------- the logger
 
+/** The default sink: process.stderr, looked up on every line. */
+export const stderrSink: LogSink = (line) => {
+  process.stderr.write(line);
+};
+
 const state: { settings: LogSettings; context: LogFields; sink: LogSink } = {
   settings: lenientLogSettings({}),
   context: {},
-  sink: (line) => {
-    process.stderr.write(line);
-  },
+  sink: stderrSink,
 };
 
 const reporter: ConsolaReporter = {

@@ -368,8 +368,8 @@ export async function buildKernel(options: BuildOptions): Promise<BuildResult> {
     // 2. The tree.
     let tree = source.path;
     if (source.kind === "tarball") {
-      progress("unpack");
       log(`unpacking ${source.path}`);
+      progress("unpack");
       const unpacked = join(work, "src");
       mkdirSync(unpacked);
       const tar = await runLogged(["tar", "-xf", source.path, "-C", unpacked], { env, logFile, ...(options.signal ? { signal: options.signal } : {}) });
@@ -386,8 +386,8 @@ export async function buildKernel(options: BuildOptions): Promise<BuildResult> {
     const fragmentFile = join(work, "volt-microvm.config");
     writeFileSync(fragmentFile, fragment);
     const make = (targets: string[], extra: string[] = []) => ["make", "-C", tree, `O=${out}`, "ARCH=x86_64", ...extra, ...targets];
-    progress("configure");
     log(`configuring: make allnoconfig with Volt's microVM fragment (${parseConfigFragment(fragment).size} symbols)`);
+    progress("configure");
     const configure = await runLogged(make(["allnoconfig"], [`KCONFIG_ALLCONFIG=${fragmentFile}`]), { env, logFile, ...(options.signal ? { signal: options.signal } : {}) });
     if (configure.exitCode !== 0) throw new KernelBuildError("make-failed", `make allnoconfig failed (exit ${configure.exitCode}); the last lines:\n${configure.tail}`);
     const dotConfigPath = join(out, ".config");
@@ -404,8 +404,8 @@ export async function buildKernel(options: BuildOptions): Promise<BuildResult> {
 
     // 4. Compile.
     const tracker = new MakeProgress();
-    progress("compile", tracker);
     log(`compiling with make -j${jobs} vmlinux`);
+    progress("compile", tracker);
     const compile = await runLogged(make(["vmlinux"], [`-j${jobs}`]), {
       env,
       logFile,

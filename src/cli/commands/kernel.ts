@@ -383,12 +383,18 @@ const buildArgs = {
   json: jsonArg,
 } as const;
 
-/** Live progress on stderr: one rewritten line on a terminal, a line per phase and every 15 s otherwise. */
-function progressReporter(): { update: (p: BuildProgress) => void; done: () => void } {
+/**
+ * Live progress on stderr: one line rewritten every second on a terminal; a line per phase and every 15 s
+ * otherwise. The clock keeps ticking between make's lines (unpacking, a long link).
+ */
+function progressReporter(): { update: (p: BuildProgress) => void; done: () => void; stop: () => void } {
   const tty = process.stderr.isTTY === true;
+  const every = tty ? 1000 : 15_000;
   let lastPhase = "";
   let lastWrite = 0;
   let drawn = false;
+  let latest: { progress: BuildProgress; at: number } | undefined;
+  let ticker: ReturnType<typeof setInterval> | undefined;
   const text = (p: BuildProgress) => {
     const elapsed = formatDuration(p.elapsedMs);
     switch (p.phase) {
@@ -404,25 +410,37 @@ function progressReporter(): { update: (p: BuildProgress) => void; done: () => v
         return `adding to the store (${p.compiled} files compiled in ${elapsed})`;
     }
   };
+  const draw = (p: BuildProgress, now: number) => {
+    if (tty) {
+      const line = `volt: ${text(p)}`.slice(0, Math.max(40, (process.stderr.columns || 100) - 1));
+      process.stderr.write(`\r\x1b[K${line}`);
+      drawn = true;
+    } else {
+      process.stderr.write(`volt: ${text(p)}\n`);
+    }
+    lastPhase = p.phase;
+    lastWrite = now;
+  };
+  const tick = () => {
+    const now = performance.now();
+    if (latest && now - lastWrite >= every - 50) draw({ ...latest.progress, elapsedMs: latest.progress.elapsedMs + (now - latest.at) }, now);
+  };
   return {
     update(p) {
       const now = performance.now();
-      const changed = p.phase !== lastPhase;
-      if (tty) {
-        if (!changed && now - lastWrite < 100) return;
-        const line = `volt: ${text(p)}`.slice(0, Math.max(20, (process.stderr.columns ?? 100) - 1));
-        process.stderr.write(`\r\x1b[K${line}`);
-        drawn = true;
-      } else {
-        if (!changed && now - lastWrite < 15_000) return;
-        process.stderr.write(`volt: ${text(p)}\n`);
-      }
-      lastPhase = p.phase;
-      lastWrite = now;
+      latest = { progress: p, at: now };
+      ticker ??= setInterval(tick, Math.min(every, 1000));
+      ticker.unref?.();
+      if (p.phase !== lastPhase || now - lastWrite >= (tty ? 100 : every)) draw(p, now);
     },
     done() {
       if (drawn) process.stderr.write("\n");
       drawn = false;
+    },
+    stop() {
+      if (ticker !== undefined) clearInterval(ticker);
+      ticker = undefined;
+      latest = undefined;
     },
   };
 }
@@ -479,9 +497,11 @@ const buildCommand = defineCommand({
           signal: abort.signal,
         });
       } catch (error) {
+        reporter.stop();
         reporter.done();
         explain(error);
       }
+      reporter.stop();
       reporter.done();
       const build = {
         source: result.source,
@@ -503,6 +523,7 @@ const buildCommand = defineCommand({
     } catch (error) {
       process.exitCode = reportError(error, json);
     } finally {
+      reporter.stop();
       process.off("SIGINT", onSignal);
       process.off("SIGTERM", onSignal);
     }

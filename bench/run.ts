@@ -11,7 +11,9 @@
  * Env: BENCH_ROUNDS (default 7), BENCH_TIMEOUT_S (whole run, default 1680 =
  * 28 min), BENCH_DENSITY_S (default 60; 0 skips density), VOLT_KVM
  * (native|nested|auto), VOLT_TEST_KERNEL=debian (ignore the microVM kernel),
- * BENCH_SECTIONS (comma list: boot, startup, exits, restore, density, profile),
+ * BENCH_SECTIONS (comma list: boot, startup, exits, restore, clone, io, density,
+ * profile), BENCH_IO_ROUNDS (default 3), BENCH_BLOCK_MIB (default 256),
+ * BENCH_NET_MIB (default 64),
  * BENCH_RESULTS_DIR (default bench/results; relative to the checkout).
  */
 import { existsSync, readFileSync, statSync } from "node:fs";
@@ -50,6 +52,8 @@ if (build.exitCode !== 0) {
   process.exit(1);
 }
 
+// The benchmark has no use for the kernel the e2e tests build with `volt kernel build` (minutes of compiling).
+process.env.VOLT_TEST_BUILD_KERNEL ??= "0";
 const guestEnv = await prepareGuestKernels(defaultCacheDir());
 const kernels: { id: string; name: string; path: string }[] = [];
 const vmlinux = guestEnv.VOLT_TEST_VMLINUX;
@@ -70,7 +74,9 @@ const benchEnv: Record<string, string> = {
   BENCH_KVM_REASON: decision.reason,
   BENCH_VOLT_COMMIT: `${commit || "unknown"}${dirty ? " (with uncommitted changes in src/)" : ""}`,
 };
-for (const name of ["BENCH_ROUNDS", "BENCH_DENSITY_S", "BENCH_DENSITY_MAX", "BENCH_QEMU", "BENCH_SECTIONS", "BENCH_RESULTS_DIR"]) {
+// Without the microVM kernel the first kernel is Debian's, whose virtio drivers are modules the I/O guest must load.
+if (guestEnv.VOLT_TEST_VMLINUX_MODULES && kernels[0]!.id === "debian") benchEnv.BENCH_GUEST_MODULES = guestEnv.VOLT_TEST_VMLINUX_MODULES;
+for (const name of ["BENCH_ROUNDS", "BENCH_DENSITY_S", "BENCH_DENSITY_MAX", "BENCH_QEMU", "BENCH_SECTIONS", "BENCH_RESULTS_DIR", "BENCH_IO_ROUNDS", "BENCH_BLOCK_MIB", "BENCH_NET_MIB"]) {
   if (process.env[name]) benchEnv[name] = process.env[name]!;
 }
 // Anything else burning CPU here (another L1, a build) slows one side's rounds more than the other's.

@@ -69,15 +69,18 @@ const BUILD_PACKAGES = ["make", "gcc", "binutils", "flex", "bison", "bc", "libel
 
 /**
  * Whether this run needs the built kernel: VOLT_TEST_BUILD_KERNEL=1 or 0
- * decides; otherwise yes unless the command line names test files and
- * test/e2e/kernel-build.test.ts is not one of them (a run of one other file
- * must not pay minutes of compiling).
+ * decides; otherwise only the end-to-end tests (test/harness/run-e2e.ts)
+ * want it, and only when they run every file or name
+ * test/e2e/kernel-build.test.ts among them: a run of one other file, or the
+ * benchmark (which prepares guest kernels too), must not pay minutes of
+ * compiling.
  */
-function builtKernelWanted(argv: readonly string[] = process.argv.slice(2)): boolean {
-  const forced = process.env.VOLT_TEST_BUILD_KERNEL;
+export function builtKernelWanted(argv: readonly string[] = process.argv, env: Record<string, string | undefined> = process.env): boolean {
+  const forced = env.VOLT_TEST_BUILD_KERNEL;
   if (forced === "1" || forced === "always") return true;
   if (forced === "0" || forced === "never") return false;
-  const files = argv.filter((arg) => /\.test\.ts$/.test(arg));
+  if (!/(^|\/)run-e2e\.ts$/.test(argv[1] ?? "")) return false;
+  const files = argv.slice(2).filter((arg) => /\.test\.ts$/.test(arg));
   return files.length === 0 || files.some((file) => file.endsWith("kernel-build.test.ts"));
 }
 

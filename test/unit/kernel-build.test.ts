@@ -447,3 +447,18 @@ describe("volt kernel build (CLI)", () => {
     expect(readdirSync(env.TMPDIR!)).toEqual([]);
   });
 });
+
+// ---------------------------------------------------------------- the e2e harness's decision
+describe("when the e2e harness builds its test kernel", () => {
+  test("only for run-e2e.ts running every file or kernel-build.test.ts; never for the benchmark unless told", async () => {
+    const { builtKernelWanted } = await import("../../test/harness/guest-assets.ts");
+    const runner = "/work/main/test/harness/run-e2e.ts";
+    expect(builtKernelWanted(["bun", runner], {})).toBe(true);
+    expect(builtKernelWanted(["bun", runner, "-t", "abi"], {})).toBe(true);
+    expect(builtKernelWanted(["bun", runner, "./test/e2e/kernel-build.test.ts"], {})).toBe(true);
+    expect(builtKernelWanted(["bun", runner, "./test/e2e/boot.test.ts"], {})).toBe(false);
+    expect(builtKernelWanted(["bun", "/work/main/bench/run.ts"], {})).toBe(false);
+    expect(builtKernelWanted(["bun", "/work/main/bench/run.ts"], { VOLT_TEST_BUILD_KERNEL: "1" })).toBe(true);
+    expect(builtKernelWanted(["bun", runner], { VOLT_TEST_BUILD_KERNEL: "0" })).toBe(false);
+  });
+});

@@ -4,6 +4,9 @@
  * with call/jmp opcodes for the x86 BCJ filter) and bzImages whose payload is
  * that vmlinux compressed the way arch/x86/boot/compressed/Makefile does it.
  */
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { constants, gzipSync, zstdCompressSync } from "node:zlib";
 import { buildBzImage, buildElf, concat, elfNote, PT_LOAD, PT_NOTE } from "./loader-fixtures.ts";
 
@@ -95,9 +98,17 @@ export function sizeWord(n: number): Uint8Array {
 
 /** Runs a compressor command over `data`; throws if it fails. */
 export function runCompressor(argv: string[], data: Uint8Array): Uint8Array {
-  const proc = Bun.spawnSync(argv, { stdin: data, stdout: "pipe", stderr: "pipe" });
-  if (proc.exitCode !== 0) throw new Error(`${argv.join(" ")} failed: ${proc.stderr.toString()}`);
-  return new Uint8Array(proc.stdout);
+  // Input from a file, not a pipe: feeding a pipe while the tool's output pipe fills hung the suite twice on a busy host.
+  const dir = mkdtempSync(join(tmpdir(), "volt-compress-"));
+  try {
+    const input = join(dir, "input");
+    writeFileSync(input, data);
+    const proc = Bun.spawnSync(argv, { stdin: Bun.file(input), stdout: "pipe", stderr: "pipe" });
+    if (proc.exitCode !== 0) throw new Error(`${argv.join(" ")} failed: ${proc.stderr.toString()}`);
+    return new Uint8Array(proc.stdout);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 }
 
 /** The payload as the kernel's Makefile makes it: compressed data, then (except gzip) the size word. */

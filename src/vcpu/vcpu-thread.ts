@@ -25,12 +25,16 @@ export interface VcpuThreadOptions {
   readonly machine?: MachineShared;
   /** The guest wrote the boot-timer magic (performance.timeOrigin-based ms, from the worker's clock). */
   readonly onBoot?: (atEpochMs: number) => void;
+  /** Park before the first KVM_RUN (a snapshot loaded paused): the guest runs no instruction until resume(). */
+  readonly startPaused?: boolean;
 }
 
 interface Waiters {
   readonly paused: (() => void)[];
   readonly resumed: (() => void)[];
   ended: boolean;
+  /** The worker reported "paused" and not "resumed" since. */
+  parked: boolean;
 }
 
 export class VcpuThread {
@@ -67,7 +71,13 @@ export class VcpuThread {
     const started = Promise.withResolvers<number>();
     const finished = Promise.withResolvers<Finished>();
     finished.promise.catch(() => {}); // a failure before start is reported through `started`
-    const waiters: Waiters = { paused: [], resumed: [], ended: false };
+    const waiters: Waiters = { paused: [], resumed: [], ended: false, parked: false };
+    const parkedAtStart = Promise.withResolvers<void>();
+    if (options.startPaused) {
+      // The worker reads the control word before entering the guest, so this parks it first.
+      Atomics.store(new Int32Array(controlBuffer), CONTROL_COMMAND, COMMAND_PAUSE);
+      waiters.paused.push(parkedAtStart.resolve);
+    }
     worker.onmessage = (event: MessageEvent<FromWorker>) => {
       const message = event.data;
       if (message.type === "started") {
@@ -75,6 +85,7 @@ export class VcpuThread {
       } else if (message.type === "booted") {
         options.onBoot?.(message.atMs);
       } else if (message.type === "paused" || message.type === "resumed") {
+        waiters.parked = message.type === "paused";
         for (const wake of waiters[message.type].splice(0)) wake();
       } else {
         // A vCPU that ends while someone waits for it to pause or resume must not leave them hanging.
@@ -98,6 +109,7 @@ export class VcpuThread {
     };
     worker.postMessage(start);
     const threadId = await started.promise;
+    if (options.startPaused && threadId !== -1) await parkedAtStart.promise;
     return new VcpuThread(worker, new Int32Array(controlBuffer), new Vcpu(handle), threadId, finished.promise, waiters);
   }
 
@@ -114,7 +126,7 @@ export class VcpuThread {
    * has finished.
    */
   pause(): Promise<void> {
-    if (this.waiters.ended) return Promise.resolve();
+    if (this.waiters.ended || this.waiters.parked) return Promise.resolve();
     const parked = new Promise<void>((resolve) => this.waiters.paused.push(resolve));
     Atomics.store(this.control, CONTROL_COMMAND, COMMAND_PAUSE);
     this.kick();

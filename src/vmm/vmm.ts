@@ -47,6 +47,8 @@ export interface RunOptions {
   readonly onDeviceError?: (message: string) => void;
   /** Device state from a snapshot, for a restored VM. */
   readonly restore?: DeviceSnapshot;
+  /** Start paused: every vCPU parks before its first KVM_RUN, so the guest runs nothing until resume(). */
+  readonly paused?: boolean;
 }
 
 const POWER_OFF_PATTERN = /reboot: (Power down|System halted)/;
@@ -169,6 +171,7 @@ export class RunningVm {
       for (const handle of built.vcpus) {
         const thread = await VcpuThread.start(handle, {
           machine: shared,
+          ...(options.paused ? { startPaused: true } : {}),
           onBoot: (atMs) => {
             timing.bootTimeMs ??= atMs - options.startedAtMs;
           },
@@ -205,7 +208,10 @@ export class RunningVm {
         cleanup();
       }
     })();
-    return new RunningVm(built, shared, threads, io, outcome, (result) => ended.resolve(result), options.startedAtMs, timing, hostSide.i8042);
+    const vm = new RunningVm(built, shared, threads, io, outcome, (result) => ended.resolve(result), options.startedAtMs, timing, hostSide.i8042);
+    // The vCPUs are parked already; this quiesces the devices and records the state, as any pause does.
+    if (options.paused) await vm.pause();
+    return vm;
   }
 
   /** Every vCPU parked outside KVM_RUN and every device quiesced. */

@@ -123,13 +123,11 @@ export const apiCommand = defineCommand({
           let running: RunningVm;
           try {
             enterFilter();
-            running = await RunningVm.start(restored.built, { ...runOptions, restore: restored.devices });
+            running = await RunningVm.start(restored.built, { ...runOptions, restore: restored.devices, paused: !resume });
           } catch (error) {
             restored.built.dispose();
             throw error;
           }
-          // Firecracker loads a snapshot paused unless resume_vm; Volt's vCPUs start at once, so they are parked right away.
-          if (!resume) await running.pause();
           registration?.recordStart(restored.built.config);
           started.resolve({ running, built: restored.built, extra: { restoredFrom: dir, restoreMs: performance.timeOrigin + performance.now() - startedAtMs } });
           return running;

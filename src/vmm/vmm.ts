@@ -10,7 +10,7 @@
  *   panic   — the kernel's "Kernel panic - not syncing" console line.
  */
 import type { I8042, KeyPressResult } from "../devices/legacy/i8042.ts";
-import { takeSerialOutput } from "../devices/legacy/serial.ts";
+import { takeSerialOutput, wakeSerialOutputWaiters, waitForSerialOutput } from "../devices/legacy/serial.ts";
 import type { Finished } from "../vcpu/vcpu-thread.ts";
 import { VcpuThread } from "../vcpu/vcpu-thread.ts";
 import { IoThread, type VirtioDeviceState } from "../devices/virtio/io-thread.ts";
@@ -53,7 +53,9 @@ export interface RunOptions {
 
 const POWER_OFF_PATTERN = /reboot: (Power down|System halted)/;
 const PANIC_PATTERN = /Kernel panic - not syncing/;
-const PUMP_INTERVAL_MS = 5;
+const PUMP_BATCH_MS = 2;
+/** A safety net only: the guest's writes wake the pump. */
+const PUMP_RECHECK_MS = 1000;
 const STOP_GRACE_MS = 5000;
 
 export type VmRunState = "running" | "paused" | "stopping";
@@ -126,9 +128,9 @@ export class RunningVm {
     let consoleVerdict: { kind: OutcomeKind; detail: string } | undefined;
     const ended = Promise.withResolvers<{ kind: OutcomeKind; detail: string }>();
 
-    const pump = () => {
+    const pump = (): number => {
       const bytes = takeSerialOutput(shared.serial);
-      if (bytes.length === 0) return;
+      if (bytes.length === 0) return 0;
       options.console.write(bytes);
       // Scan a sliding window so a marker split across two drains is still seen.
       consoleTail = (consoleTail + new TextDecoder().decode(bytes)).slice(-512);
@@ -137,8 +139,18 @@ export class RunningVm {
         consoleVerdict = { kind: "poweroff", detail: "the guest powered off" };
         ended.resolve(consoleVerdict);
       }
+      return bytes.length;
     };
-    const pumpTimer = setInterval(pump, PUMP_INTERVAL_MS);
+    // Woken by the guest's first byte after each drain; after a drain that found output, a short pause lets a
+    // chatty guest's bytes gather (and the event loop breathe) before the next one.
+    let pumping = true;
+    void (async () => {
+      while (pumping) {
+        const drained = pump();
+        if (drained > 0) await Bun.sleep(PUMP_BATCH_MS);
+        else await waitForSerialOutput(shared.serial, PUMP_RECHECK_MS);
+      }
+    })();
 
     // The VMM thread's own view of the devices, to raise the UART's receive interrupt for host input.
     const hostSide = buildMachineDevices(shared, { onResetRequest: () => {}, onPowerOff: () => {}, onBoot: () => {} });
@@ -153,7 +165,8 @@ export class RunningVm {
     const threads: VcpuThread[] = [];
     let io: IoThread | undefined;
     const cleanup = () => {
-      clearInterval(pumpTimer);
+      pumping = false;
+      wakeSerialOutputWaiters(shared.serial);
       detachInput?.();
       process.off("SIGINT", onSignal);
       process.off("SIGTERM", onSignal);

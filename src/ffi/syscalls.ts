@@ -12,6 +12,7 @@ export const SYSCALL_NUMBERS = {
   read: 0,
   write: 1,
   close: 3,
+  lseek: 8,
   mmap: 9,
   munmap: 11,
   ioctl: 16,
@@ -96,6 +97,30 @@ export function memfdCreate(name: string, flags = MFD_CLOEXEC): number {
 
 export function ftruncate(fd: number, length: number): void {
   check("ftruncate", rawSyscall(SYSCALL_NUMBERS.ftruncate, fd, length));
+}
+
+const SEEK_DATA = 3;
+const SEEK_HOLE = 4;
+const ENXIO = 6;
+
+/**
+ * The [start, end) byte ranges of `fd` within [from, to) that hold data, by
+ * SEEK_DATA/SEEK_HOLE: on a memfd (tmpfs), pages never written are holes and
+ * read as zeros, so what lies outside the ranges needs no reading at all.
+ */
+export function dataRanges(fd: number, from: number, to: number): [number, number][] {
+  const ranges: [number, number][] = [];
+  let at = from;
+  while (at < to) {
+    const start = rawSyscall(SYSCALL_NUMBERS.lseek, fd, at, SEEK_DATA);
+    if (start === -ENXIO) break; // nothing but holes from `at` to the end of the file
+    check("lseek", start, "SEEK_DATA");
+    if (start >= to) break;
+    const hole = check("lseek", rawSyscall(SYSCALL_NUMBERS.lseek, fd, start, SEEK_HOLE), "SEEK_HOLE");
+    ranges.push([start, Math.min(hole, to)]);
+    at = hole;
+  }
+  return ranges;
 }
 
 export function getpid(): number {

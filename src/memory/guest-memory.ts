@@ -19,6 +19,7 @@ import {
   PROT_READ,
   PROT_WRITE,
   close,
+  dataRanges,
   ftruncate,
   memfdCreate,
   mmap,
@@ -254,6 +255,21 @@ export class GuestMemory extends GuestMemoryView {
       throw error;
     }
     return new GuestMemory(memfd, regions);
+  }
+
+  /**
+   * Per region, the [start, end) byte offsets that may hold non-zero data;
+   * the rest of the region is certainly zero. Fresh RAM asks its memfd, where
+   * pages the guest never wrote are holes, so a snapshot reads (and faults
+   * in) only what the guest used. Copy-on-write RAM keeps no such record: its
+   * whole region is reported.
+   */
+  populatedRanges(): [number, number][][] {
+    return this.regions.map((region) =>
+      this.memfd >= 0
+        ? dataRanges(this.memfd, region.fileOffset, region.fileOffset + region.size).map(([start, end]) => [start - region.fileOffset, end - region.fileOffset] as [number, number])
+        : [[0, region.size]],
+    );
   }
 
   /** The structured-clone-safe handle a worker turns into its own GuestMemoryView. */

@@ -54,6 +54,7 @@ import {
 import { basename, dirname, isAbsolute, join, resolve } from "node:path";
 import { GuestMemory, PAGE_SIZE } from "../memory/guest-memory.ts";
 import { SnapshotError, type SnapshotErrorKind } from "./format.ts";
+import { readPopulated, type MemoryRegionBytes } from "./regions.ts";
 
 export const MANIFEST_FILE = "memory.manifest.json";
 export const MANIFEST_VERSION = 1;
@@ -168,7 +169,7 @@ export function sha256Hex(bytes: Uint8Array): string {
  */
 export function writeChunks(
   store: string,
-  regions: readonly { readonly guestAddress: number; readonly bytes: Uint8Array }[],
+  regions: readonly MemoryRegionBytes[],
   options: ChunkWriteOptions = {},
 ): { manifest: ChunkManifest; stats: ChunkWriteStats } {
   const chunkSize = options.chunkSize ?? DEFAULT_CHUNK_SIZE;
@@ -188,7 +189,10 @@ export function writeChunks(
   for (const region of regions) {
     const chunks: ChunkRef[] = [];
     for (let at = 0; at < region.bytes.byteLength; at += chunkSize) {
-      chunks.push(writer.put(region.bytes.subarray(at, Math.min(at + chunkSize, region.bytes.byteLength))));
+      const end = Math.min(at + chunkSize, region.bytes.byteLength);
+      // Only populated pages are read (touching the others would allocate them); a chunk with none is zero.
+      const bytes = readPopulated(region.bytes, region.populated, at, end);
+      chunks.push(bytes ? writer.put(bytes) : writer.putZero(end - at));
     }
     manifestRegions.push({ guestAddress: region.guestAddress, size: region.bytes.byteLength, chunks });
   }
@@ -227,13 +231,16 @@ class ChunkWriter {
     private readonly hook: ChunkWriteOptions["onChunkWrite"],
   ) {}
 
-  put(bytes: Uint8Array): ChunkRef {
+  putZero(length: number): ChunkRef {
     this.stats.chunks++;
-    if (isAllZero(bytes)) {
-      this.stats.zeroChunks++;
-      this.stats.zeroBytes += bytes.byteLength;
-      return ZERO_CHUNK;
-    }
+    this.stats.zeroChunks++;
+    this.stats.zeroBytes += length;
+    return ZERO_CHUNK;
+  }
+
+  put(bytes: Uint8Array): ChunkRef {
+    if (isAllZero(bytes)) return this.putZero(bytes.byteLength);
+    this.stats.chunks++;
     const hashStart = performance.now();
     const hash = sha256Hex(bytes);
     this.stats.hashMs += performance.now() - hashStart;

@@ -14,6 +14,7 @@ import { closeSync, existsSync, fsyncSync, ftruncateSync, mkdirSync, openSync, r
 import { basename, dirname, join, resolve } from "node:path";
 import { memfdCreate } from "../ffi/syscalls.ts";
 import { MANIFEST_FILE, dedupRatio, verifyManifest, writeChunks, type ChunkWriteStats } from "./chunks.ts";
+import { populatedParts, type MemoryRegionBytes } from "./regions.ts";
 import { SnapshotError, decodeStateFile, encodeStateFile, type SnapshotMeta, type StateFile } from "./format.ts";
 
 export const STATE_FILE = "state.volt";
@@ -22,10 +23,7 @@ export const MEMORY_FILE = "memory.raw";
 /** Zero blocks are left as holes: guest RAM is mostly untouched after boot, so the file stays sparse. */
 const BLOCK = 64 * 1024;
 
-export interface MemoryRegionBytes {
-  readonly guestAddress: number;
-  readonly bytes: Uint8Array;
-}
+export type { MemoryRegionBytes } from "./regions.ts";
 
 export interface WrittenSnapshot {
   readonly dir: string;
@@ -110,13 +108,16 @@ function writeMemory(fd: number, regions: readonly MemoryRegionBytes[], totalSiz
   let written = 0;
   ftruncateSync(fd, totalSize);
   let fileOffset = 0;
-  for (const { bytes } of regions) {
-    for (let at = 0; at < bytes.byteLength; at += BLOCK) {
-      const block = bytes.subarray(at, Math.min(at + BLOCK, bytes.byteLength));
-      if (isZero(block)) continue;
-      let done = 0;
-      while (done < block.byteLength) done += writeSync(fd, block, done, block.byteLength - done, fileOffset + at + done);
-      written += block.byteLength;
+  for (const { bytes, populated } of regions) {
+    // Only the populated parts are read: a page outside them is a known zero, and touching it would allocate it.
+    for (const [start, end] of populatedParts(populated, 0, bytes.byteLength)) {
+      for (let at = start; at < end; at += BLOCK) {
+        const block = bytes.subarray(at, Math.min(at + BLOCK, end));
+        if (isZero(block)) continue;
+        let done = 0;
+        while (done < block.byteLength) done += writeSync(fd, block, done, block.byteLength - done, fileOffset + at + done);
+        written += block.byteLength;
+      }
     }
     fileOffset += bytes.byteLength;
   }

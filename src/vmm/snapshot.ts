@@ -114,7 +114,8 @@ function captureMachine(running: RunningVm) {
       vcpuCount: built.vcpus.length,
       memorySizeBytes: built.memory.regions.reduce((sum, r) => sum + r.size, 0),
     };
-    const regions = built.memory.regions.map((r) => ({ guestAddress: r.guestAddress, bytes: r.bytes }));
+    const populated = built.memory.populatedRanges();
+    const regions = built.memory.regions.map((r, i) => ({ guestAddress: r.guestAddress, bytes: r.bytes, populated: populated[i]! }));
     return { meta, state, regions };
 }
 

@@ -29,6 +29,8 @@ const rateLimit = v.strictObject({ bandwidth: v.optional(bucket), ops: v.optiona
 
 export const VmFileSchema = v.strictObject(
   {
+    /** Where an editor finds the schema (`volt config schema`); Volt ignores it. */
+    $schema: v.optional(v.string("must be the URL or path of the file's JSON Schema")),
     kernel: v.optional(path),
     initrd: v.optional(path),
     cmdline: v.optional(v.string("must be a string of kernel parameters")),

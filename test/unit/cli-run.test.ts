@@ -61,6 +61,8 @@ describe("volt run rejects bad input with exit 2 before creating a VM", () => {
     ["a config field of the wrong type", ["--config", file("type.json", '{"kernel": "bzImage", "vcpus": "2"}')], "vcpus: must be a number"],
     ["a config field out of range", ["--config", file("range.json", '{"kernel": "bzImage", "memMiB": 0}')], "memMiB: must be at least 1 MiB"],
     ["an unknown config field", ["--config", file("unknown.json", '{"kernel": "bzImage", "memory": 64}')], "memory: unknown field"],
+    // "$schema" (what editors add to use `volt config schema`) is accepted: the error is the next real one.
+    ["a config with $schema and a bad field", ["--config", file("schema.json", '{"$schema": "./volt.schema.json", "vcpus": 0}')], "vcpus: must be a whole number"],
     ["a drive without a path", ["--kernel", kernel, "--drive", "ro"], "--drive 'ro': path=IMAGE is required"],
     ["a drive option with an unknown key", ["--kernel", kernel, "--drive", "path=x.img,cache=none"], "unknown key 'cache'"],
     ["a drive whose image is missing", ["--kernel", kernel, "--drive", "path=/no/such.img"], "virtio-blk /no/such.img: disk image /no/such.img"],

@@ -226,6 +226,7 @@ describe("lifecycle commands against registered VMs (no KVM)", () => {
       type: "object",
       additionalProperties: false,
       properties: {
+        $schema: { type: "string" },
         kernel: { type: "string" },
         vcpus: { type: "integer", minimum: 1, maximum: 64 },
         memMiB: { type: "integer", minimum: 1 },

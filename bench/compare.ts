@@ -28,7 +28,7 @@ const header = ["metric", `ratio, run 1 (${a.date.slice(0, 16)})`, `ratio, run 2
 if (markdown) {
   console.log(`| ${header.join(" | ")} |`);
   console.log(`| ${header.map(() => "---").join(" | ")} |`);
-  for (const r of rows) console.log(`| ${r.join(" | ")} |`);
+  for (const r of rows) console.log(`| ${r.map((c) => c.replaceAll("|", "\\|")).join(" | ")} |`);
 } else {
   const all = [header, ...rows];
   const widths = header.map((_, i) => Math.max(...all.map((r) => r[i]!.length)));

@@ -1035,7 +1035,7 @@ async function ioSection(reserveMs: number): Promise<void> {
       "guest /proc/uptime around dd (10 ms resolution); O_DIRECT in the guest; host file on tmpfs (Volt pread/pwrite via the page cache, FLUSH = fsync; QEMU cache=writeback aio=threads: the same semantics, cache=none is impossible on tmpfs)");
     row("block-read", `sequential read, ${IO_BLOCK_MIB} MiB raw image on tmpfs, guest dd bs=1M iflag=direct (higher is better)`, (s) => s.blockReadMiBs,
       "as for the write: the whole disk read back with O_DIRECT");
-    row("net-guest-to-host", `TCP guest → host over a tap, ${IO_NET_MIB} MiB, busybox dd | nc (higher is better)`, (s) => s.netG2hMiBs,
+    row("net-guest-to-host", `TCP guest → host over a tap, ${IO_NET_MIB} MiB, busybox dd piped into nc (higher is better)`, (s) => s.netG2hMiBs,
       "bytes counted by a Bun TCP socket on the host (in a private netns with the tap), accept to the guest's end of stream");
     row("net-host-to-guest", `TCP host → guest over a tap, ${IO_NET_MIB} MiB, into busybox nc -l (higher is better)`, (s) => s.netH2gMiBs,
       "a Bun TCP socket on the host sends the bytes; connect to the guest's close after its nc read everything");

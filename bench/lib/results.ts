@@ -53,6 +53,9 @@ export function metric(fields: Omit<Metric, "volt" | "baseline" | "ratio"> & { v
   return { ...fields, volt, baseline, ratio: ratio(volt.summary, baseline.summary) };
 }
 
+/** A table cell: a literal "|" would end the cell early in Markdown. */
+const md = (text: string): string => text.replaceAll("|", "\\|");
+
 function cell(side: Side): string {
   const s = side.summary;
   if (!s) return "n/a";
@@ -80,10 +83,10 @@ export function renderMarkdown(results: Results): string {
   for (const m of results.metrics) {
     const rounds = `${m.volt.summary?.n ?? 0}/${m.baseline.summary?.n ?? 0}`;
     const r = m.ratio === undefined ? "n/a" : `${m.ratio.toFixed(2)}×`;
-    lines.push(`| ${m.group}: ${m.label} [${m.unit}] | ${cell(m.volt)} | ${m.baselineName}: ${cell(m.baseline)} | ${r} | ${rounds} |`);
+    lines.push(`| ${md(`${m.group}: ${m.label} [${m.unit}]`)} | ${cell(m.volt)} | ${md(m.baselineName)}: ${cell(m.baseline)} | ${r} | ${rounds} |`);
   }
   lines.push("");
-  lines.push("Ratios below 1 favour Volt for every metric here except the density count, where higher is better.");
+  lines.push("Ratios below 1 favour Volt, except in the rows marked higher-is-better (the density count, block and network throughput), where ratios above 1 favour Volt.");
   if (results.unmeasured.length > 0) {
     lines.push("");
     lines.push("Not measured here:");

@@ -81,9 +81,12 @@ const live = new Set<Watched>();
 
 // ------------------------------------------------------------------ setup
 const work = mkdtempSync(join(tmpdir(), "volt-bench-"));
+/** Directories outside `work` (on /dev/shm) that a section made: removed at exit too, should the run be stopped. */
+const scratchDirs = new Set<string>();
 process.on("exit", () => {
   for (const w of live) w.proc.kill("SIGKILL");
   rmSync(work, { recursive: true, force: true });
+  for (const dir of scratchDirs) rmSync(dir, { recursive: true, force: true });
 });
 // Stopped by the time limit (timeout sends SIGTERM): keep what was measured.
 let saved = false;
@@ -710,6 +713,7 @@ const CLONE_ROUNDS = Math.min(ROUNDS, 5);
 async function cloneSection(reserveMs: number): Promise<void> {
   const kernel = primary;
   const shm = existsSync("/dev/shm") ? mkdtempSync("/dev/shm/volt-bench-") : mkdtempSync(join(work, "shm-"));
+  scratchDirs.add(shm);
   const shmIsTmpfs = fsType(shm) === "tmpfs";
   const voltSocket = join(work, "volt-clone-api.sock");
   const qmpSocket = join(work, "qmp-clone.sock");
@@ -905,6 +909,7 @@ async function ioSection(reserveMs: number): Promise<void> {
   const ioInitrd = join(work, "io.cpio.gz");
   writeFileSync(ioInitrd, buildInitramfs({ script: ioScript, exit: "reboot", modules }));
   const diskDir = existsSync("/dev/shm") ? mkdtempSync("/dev/shm/volt-bench-disk-") : mkdtempSync(join(work, "disk-"));
+  scratchDirs.add(diskDir);
   const namespace = `volt-bench-${process.pid}`;
   const ns = (args: string[]) => {
     const r = Bun.spawnSync([ipPath, "-n", namespace, ...args], { stderr: "pipe" });

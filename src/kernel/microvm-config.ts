@@ -11,26 +11,27 @@
  * puts it inside the volt binary.
  *
  * Choices worth a word:
- * - ACPI is on. Volt always writes ACPI tables (a hardware-reduced FADT whose
- *   sleep and reset registers are at port 0x600, a DSDT with COM1 and the
- *   virtio-mmio devices as LNRO0005, a MADT). With ACPI, the guest's
- *   `poweroff` reaches Volt through the \_S5 sleep register and `reboot`
- *   through the reset register, whatever the console is doing, and the
- *   devices reach the guest the same way they reach Debian's kernel. Without
- *   it Volt can only recognise a power-off from the kernel's "reboot: Power
- *   down" console line. Cost: ACPICA (~200 more files to compile) and the
- *   table parsing at boot. VIRTIO_MMIO_CMDLINE_DEVICES stays built in, so the
- *   kernel also finds its devices on a VMM without ACPI (Volt gives
- *   `virtio_mmio.device=` only to kernels without ACPI, so nothing appears
- *   twice). X86_MPPARSE is kept: with ACPI the MADT wins, without it the MP
- *   table Volt also writes is how the CPUs are found.
+ * - ACPI is off, measured, not assumed. Volt writes ACPI tables, and with
+ *   ACPI the guest's poweroff and reboot would reach Volt through the FADT's
+ *   registers at port 0x600. But Linux 6.1 cannot load ACPI tables without
+ *   PCI: ACPICA lists PCI_Config among the default address spaces
+ *   unconditionally while its handler exists only with CONFIG_PCI, so table
+ *   loading fails ("ACPI Error: AE_BAD_PARAMETER, During Region
+ *   initialization", "Unable to load the System Description Tables"), the
+ *   DSDT's virtio-mmio devices never appear and the root cannot be mounted.
+ *   (Seen in the first e2e run of this kernel; the reference config in
+ *   ../shared has no ACPI either.) The issue rules out PCI, so ACPI goes: Volt gives kernels without ACPI their devices as
+ *   `virtio_mmio.device=` parameters (VIRTIO_MMIO_CMDLINE_DEVICES), finds the
+ *   CPUs through the MP table (X86_MPPARSE), and recognises a power-off from
+ *   the kernel's "reboot: Power down" console line (`reboot=k` resets
+ *   through the i8042).
  * - NR_CPUS=64: Volt's own vCPU limit. The cost of a larger NR_CPUS is
  *   static per-CPU arrays and cpumasks, small at 64.
  * - EXPERT on, so allnoconfig turns off the "if EXPERT" conveniences
  *   (kallsyms, BUG, vm event counters, …); what a busybox or systemd-less
  *   userland needs (futex, epoll, timerfd, eventfd, signalfd, shmem, file
  *   locking, POSIX timers, multi-user) is named explicitly.
- * - No PCI, no modules, no debug info, no initramfs compressors but gzip
+ * - No PCI, no ACPI, no modules, no debug info, no initramfs compressors but gzip
  *   (Volt's own initramfs images are gzip).
  */
 export const MICROVM_CONFIG = `# Volt microVM guest kernel (applied with make allnoconfig KCONFIG_ALLCONFIG=this file)
@@ -45,7 +46,7 @@ CONFIG_PARAVIRT_SPINLOCKS=y
 CONFIG_KVM_GUEST=y
 CONFIG_PARAVIRT_CLOCK=y
 CONFIG_PVH=y
-CONFIG_ACPI=y
+# CONFIG_ACPI is not set
 # CONFIG_PCI is not set
 # CONFIG_MODULES is not set
 CONFIG_HIGH_RES_TIMERS=y

@@ -61,7 +61,8 @@ function rootImage(): string {
   ].join("\n");
   writeFileSync(join(tree, "init"), init, { mode: 0o755 });
   const image = join(work, "root.ext4");
-  buildExt4Image({ sourceDir: tree, out: image, sizeMiB: 16 });
+  // force: a retried test builds it again.
+  buildExt4Image({ sourceDir: tree, out: image, sizeMiB: 16, force: true });
   return image;
 }
 
@@ -72,7 +73,7 @@ function debianInitramfs(): string {
 }
 
 describe.skipIf(!kvmUsable)(`a kernel from volt kernel build boots (${process.env.VOLT_KVM_MODE ?? "unknown"} KVM)`, () => {
-  test.skipIf(!builtWanted)("boots to a busybox /init with root on virtio-blk ext4 and no initramfs, 2 vCPUs, and powers off through ACPI", () => {
+  test.skipIf(!builtWanted)("boots to a busybox /init with root on virtio-blk ext4 and no initramfs, 2 vCPUs, and powers off", () => {
     if (built === undefined) throw new Error(`the harness did not provide a kernel from volt kernel build: ${builtError ?? "VOLT_TEST_BUILT_KERNEL is unset"}`);
     const image = rootImage();
     const result = runVolt([
@@ -94,9 +95,10 @@ describe.skipIf(!kvmUsable)(`a kernel from volt kernel build boots (${process.en
     expect(consoleText).toMatch(/VOLT-CMDLINE=.*root=\/dev\/vda/);
     const outcome = JSON.parse(result.stdout);
     expect(outcome).toMatchObject({ ok: true, outcome: "poweroff", kernel: { format: "elf", protocol: "pvh" } });
-    // Built with ACPI: Volt announces the devices in the DSDT, not on the command line, and poweroff came through \_S5.
-    expect(outcome.acpi).toBeTruthy();
-    expect(outcome.cmdline).not.toContain("virtio_mmio.device=");
+    // Built without ACPI (Linux 6.1 cannot load ACPI tables without PCI): the drive came as a virtio_mmio.device=
+    // parameter, and the power-off was recognised from the kernel's console line.
+    expect(outcome.acpi).toBe(false);
+    expect(outcome.cmdline).toContain("virtio_mmio.device=");
     expect(result.exitCode).toBe(0);
     expect(outcome.bootTimeMs).toBeGreaterThan(0);
     expect(outcome.bootTimeMs).toBeLessThan(result.seconds * 1000);

@@ -449,14 +449,15 @@ const buildCommand = defineCommand({
   meta: {
     name: "build",
     description:
-      "Build a minimal microVM kernel from a Linux source tree or tarball, with the configuration Volt ships (everything a\n" +
-      "Volt guest needs built in: 64-bit SMP with MP tables, PVH, KVM guest and paravirt clock, 8250 console, i8042,\n" +
-      "virtio-mmio with devices from the command line, virtio blk, net, vsock, rng and balloon, ext4, devtmpfs; no modules,\n" +
-      "no PCI, no ACPI (6.1 cannot load ACPI tables without PCI), no debug info), and add its ELF vmlinux (booted\n" +
-      "through PVH) and .config to the store. The kernel mounts a virtio-blk ext4 root without an initramfs. Configured with `make allnoconfig` plus Volt's fragment, then checked: a symbol the\n" +
-      "fragment asks for that did not make it into .config is an error naming it. Built out of tree in a temporary\n" +
-      "directory (a tarball is unpacked there), which is removed afterwards. Progress goes to stderr; building takes\n" +
-      "minutes. Needs make, gcc, binutils, flex, bison, bc and libelf-dev (and xz-utils for .tar.xz).\n\n" +
+      "Build a minimal microVM kernel from a Linux source tree or tarball, with the configuration Volt ships, and add\n" +
+      "its ELF vmlinux (booted through PVH) and .config to the store. Built in: everything a Volt guest needs (64-bit\n" +
+      "SMP with MP tables, PVH, KVM guest and paravirt clock, 8250 console, i8042, virtio-mmio with devices from the\n" +
+      "command line, virtio blk, net, vsock, rng and balloon, ext4, devtmpfs); no modules, no PCI, no ACPI (Linux 6.1\n" +
+      "cannot load ACPI tables without PCI), no debug info. The kernel mounts a virtio-blk ext4 root without an\n" +
+      "initramfs. Configured with `make allnoconfig` plus Volt's fragment, then checked: a symbol the fragment asks\n" +
+      "for that did not make it into .config is an error naming it. Built out of tree in a temporary directory (a\n" +
+      "tarball is unpacked there), removed afterwards. Progress goes to stderr; building takes minutes. Needs make,\n" +
+      "gcc, binutils, flex, bison, bc and libelf-dev (and xz-utils for .tar.xz).\n\n" +
       "Examples:\n" +
       "  apt-get install linux-source-6.1 && volt kernel build          # Debian's /usr/src/linux-source-6.1.tar.xz\n" +
       "  volt kernel build --source ~/src/linux-6.6 --name micro-6.6 --default --jobs 8\n" +

@@ -217,6 +217,39 @@ describe("lifecycle commands against registered VMs (no KVM)", () => {
     expect(existsSync(join(runtimeDir, "volt", "fg"))).toBe(false);
   }, 60_000);
 
+  test("volt api --no-seccomp and --no-sandbox turn the filter off, loudly; PUT /vm/stop before InstanceStart ends it", async () => {
+    for (const flag of ["--no-seccomp", "--no-sandbox"]) {
+      const socket = join(work, `api${flag}.sock`);
+      const child = Bun.spawn(["bun", join(root, "src/cli/main.ts"), "api", "--socket", socket, flag], { env, cwd: work, stdout: "pipe", stderr: "pipe" });
+      try {
+        for (let i = 0; !existsSync(socket); i++) {
+          if (i > 300) throw new Error(`volt api did not create ${socket}`);
+          await Bun.sleep(50);
+        }
+        const answer = await fetch("http://volt/vm/stop", { method: "PUT", unix: socket } as RequestInit);
+        expect(answer.status).toBe(200);
+        expect(await child.exited).toBe(0);
+        expect(await new Response(child.stderr).text()).toContain("running without seccomp (--no-seccomp)");
+      } finally {
+        child.kill("SIGKILL");
+      }
+    }
+    // Without the flag, no such warning.
+    const socket = join(work, "api-default.sock");
+    const child = Bun.spawn(["bun", join(root, "src/cli/main.ts"), "api", "--socket", socket], { env, cwd: work, stdout: "pipe", stderr: "pipe" });
+    try {
+      for (let i = 0; !existsSync(socket); i++) {
+        if (i > 300) throw new Error(`volt api did not create ${socket}`);
+        await Bun.sleep(50);
+      }
+      await fetch("http://volt/vm/stop", { method: "PUT", unix: socket } as RequestInit);
+      expect(await child.exited).toBe(0);
+      expect(await new Response(child.stderr).text()).not.toContain("without seccomp");
+    } finally {
+      child.kill("SIGKILL");
+    }
+  }, 60_000);
+
   test("config schema: a JSON Schema of the config file, strict like the file", () => {
     const result = volt(["config", "schema"]);
     expect(result.exitCode).toBe(0);

@@ -25,7 +25,7 @@ import { RunningVm } from "../../vmm/vmm.ts";
 import { EXIT } from "../exit-codes.ts";
 import { printJson, rejectUnknownFlags, reportError, usageError } from "../output.ts";
 import { log } from "../../log/index.ts";
-import { enterSeccomp } from "../sandbox.ts";
+import { enterSeccomp, switchedOff } from "../sandbox.ts";
 import { checkApiSocket, reportOutcome, terminalConsole } from "../vm-session.ts";
 
 const args = {
@@ -86,7 +86,7 @@ export const apiCommand = defineCommand({
       if (socket === undefined) throw usageError("give --socket PATH (or --id NAME for a socket in the runtime directory)");
       await checkApiSocket(socket);
       const consoleIo = registration?.console ?? terminal();
-      const seccomp = parsed["no-seccomp"] !== true && parsed["no-sandbox"] !== true;
+      const seccomp = !switchedOff(parsed, "no-seccomp") && !switchedOff(parsed, "no-sandbox");
       if (!seccomp) log.warn("running without seccomp (--no-seccomp): the VM's system calls are not filtered");
       let filtered = false;
       // After a start that failed past this point the process is filtered for running a VM, not for building one.
@@ -97,10 +97,10 @@ export const apiCommand = defineCommand({
         filtered = true;
       };
       const warning = kvmBackendWarning();
-      if (warning) process.stderr.write(`volt: warning: ${warning}\n`);
+      if (warning) log.warn(warning);
 
       const started = Promise.withResolvers<Started>();
-      const runOptions = { console: consoleIo, startedAtMs, onDeviceError: (message: string) => process.stderr.write(`volt: ${message}\n`) };
+      const runOptions = { console: consoleIo, startedAtMs, onDeviceError: (message: string) => log.withTag("device").error(message) };
       const backend: FirecrackerBackend = {
         async boot(config) {
           if (filtered) enterFilter();
@@ -173,6 +173,9 @@ export const apiCommand = defineCommand({
       process.exitCode = reportError(error, json);
       registration?.recordFailure(error, process.exitCode);
     } finally {
+      // Gracefully first: the request that ended the process (PUT /vm/stop before InstanceStart) still gets its
+      // answer; a client holding an idle connection open delays the exit by at most a second.
+      if (server) await Promise.race([server.stop(), Bun.sleep(1000)]);
       server?.stop(true);
       handler?.close();
       if (server && socket !== undefined) {

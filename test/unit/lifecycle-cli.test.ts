@@ -45,6 +45,7 @@ const vm = {
   state: "running",
   built: { vcpus: [{}, {}], config: { kernelPath: "/fake/vmlinux", memoryMiB: 96, vcpus: 2 }, kernel: { format: "elf", protocol: "pvh" }, cmdline: "console=ttyS0", acpi: true, virtio: { slots: [] } },
   async pause() { vm.state = "paused"; },
+  sendCtrlAltDel() { registration.console.write(new TextEncoder().encode("got ctrl-alt-del\\n")); return "queued"; },
   async resume() { vm.state = "running"; },
   stop(kind, detail) { vm.state = "stopping"; finish(0, kind, detail); },
   async metrics() { return { exitsTotal: 42 }; },
@@ -117,6 +118,13 @@ describe("lifecycle commands against registered VMs (no KVM)", () => {
     expect(voltJson(["ls"]).json.vms).toMatchObject([{ id: "alpha", state: "paused" }, { id: "beta", state: "running" }]);
     expect(voltJson(["resume", "alpha"])).toMatchObject({ exitCode: 0, json: { state: "running" } });
     expect(voltJson(["resume", "alpha"])).toMatchObject({ exitCode: 2, json: { error: { kind: "state" } } });
+    expect(voltJson(["ctrl-alt-del", "alpha"])).toMatchObject({ exitCode: 0, json: { ok: true, id: "alpha", sent: "ctrl-alt-del" } });
+    expect(volt(["ctrl-alt-del", "beta"]).stdout).toBe("beta ctrl-alt-del sent\n");
+    for (let i = 0; !volt(["logs", "beta"]).stdout.includes("got ctrl-alt-del"); i++) {
+      if (i > 50) throw new Error("the fake VM's console never showed the ctrl-alt-del");
+      await Bun.sleep(100);
+    }
+    expect(voltJson(["ctrl-alt-del", "nobody"])).toMatchObject({ exitCode: 2, json: { ok: false } });
 
     const logs = volt(["logs", "alpha"]);
     expect(logs.exitCode).toBe(0);

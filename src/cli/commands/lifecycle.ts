@@ -296,6 +296,32 @@ function stateCommand(name: "pause" | "resume") {
 export const pauseCommand = stateCommand("pause");
 export const resumeCommand = stateCommand("resume");
 
+// ---------------------------------------------------------------- ctrl-alt-del
+
+const ctrlAltDelArgs = { id: idArg, json: jsonArg } as const;
+
+export const ctrlAltDelCommand = defineCommand({
+  meta: {
+    name: "ctrl-alt-del",
+    description:
+      "Press Ctrl-Alt-Del on the VM's keyboard (PUT /vm/ctrl-alt-del). Linux reboots at once, or, when its init asked\n" +
+      "for it (busybox init, systemd), the init shuts down cleanly: a graceful stop where `volt stop` is immediate.\n" +
+      "Refused while the VM is paused, or while the guest has not read the previous press (exit 2).\n\n" +
+      `Examples:\n  volt ctrl-alt-del web1\n  volt ctrl-alt-del web1 && volt wait web1 --timeout 30 || volt stop web1\n\n${EXIT_HELP}.`,
+  },
+  args: ctrlAltDelArgs,
+  async run({ args: parsed, rawArgs }) {
+    await guarded(parsed.json, async () => {
+      rejectUnknownFlags(rawArgs, ctrlAltDelArgs);
+      const entry = runningEntry(parsed.id);
+      const answer = await apiRequest(apiSocketOf(entry), "PUT", "/vm/ctrl-alt-del");
+      if (answer.status !== 200) throw refused(answer);
+      if (parsed.json) printJson({ ok: true, id: entry.paths.id, sent: "ctrl-alt-del" });
+      else process.stdout.write(`${entry.paths.id} ctrl-alt-del sent\n`);
+    });
+  },
+});
+
 // ---------------------------------------------------------------- wait
 
 interface Ended {
@@ -586,6 +612,7 @@ export const lifecycleCommands = {
   inspect: inspectCommand,
   pause: pauseCommand,
   resume: resumeCommand,
+  "ctrl-alt-del": ctrlAltDelCommand,
   stop: stopCommand,
   kill: killCommand,
   wait: waitCommand,

@@ -20,6 +20,8 @@ export const NET_SYSCALL_NUMBERS = {
   readv: 19,
   writev: 20,
   socketpair: 53,
+  preadv: 295,
+  pwritev: 296,
 } as const;
 
 /** TUN/TAP ioctls (<linux/if_tun.h>); the `_IOW('T', n, int)` encodings for x86-64. */
@@ -153,6 +155,17 @@ export class IovecArray {
   /** readv(2) into the pieces: bytes read, or -errno. */
   readv(fd: number): number {
     return rawSyscall(NET_SYSCALL_NUMBERS.readv, fd, this.tableAddress, this.used);
+  }
+
+  /** preadv(2) at `position` (disk images): bytes read (0 at end of file), or -errno. */
+  preadv(fd: number, position: number): number {
+    // x86-64 takes the offset as (low, high) words; the high one only matters on 32-bit kernels.
+    return rawSyscall(NET_SYSCALL_NUMBERS.preadv, fd, this.tableAddress, this.used, position, 0);
+  }
+
+  /** pwritev(2) at `position`: bytes written, or -errno. */
+  pwritev(fd: number, position: number): number {
+    return rawSyscall(NET_SYSCALL_NUMBERS.pwritev, fd, this.tableAddress, this.used, position, 0);
   }
 }
 

@@ -353,11 +353,10 @@ export class VirtioBlock implements VirtioDevice {
     const length = total(dataIn);
     if (total(dataOut) !== 0 || !this.inRange(sector, length)) return this.invalid();
     const outcome = this.hostIo(() => {
-      let position = Number(sector) * SECTOR_SIZE;
-      for (const span of dataIn) {
-        this.disk.readInto(memory.slice(span.address, span.length), position);
-        position += span.length;
-      }
+      this.disk.readIntoAll(
+        dataIn.map((span) => memory.slice(span.address, span.length)),
+        Number(sector) * SECTOR_SIZE,
+      );
     });
     if (outcome.status !== VIRTIO_BLK_S.OK) return outcome;
     this.stats.reads++;
@@ -369,11 +368,10 @@ export class VirtioBlock implements VirtioDevice {
     const length = total(dataOut);
     if (this.disk.readOnly || total(dataIn) !== 0 || !this.inRange(sector, length)) return this.invalid();
     return this.hostIo(() => {
-      let position = Number(sector) * SECTOR_SIZE;
-      for (const span of dataOut) {
-        this.disk.writeFrom(memory.slice(span.address, span.length), position);
-        position += span.length;
-      }
+      this.disk.writeFromAll(
+        dataOut.map((span) => memory.slice(span.address, span.length)),
+        Number(sector) * SECTOR_SIZE,
+      );
       if (this.writeThrough) this.disk.flush();
       this.stats.writes++;
       this.stats.writtenBytes += length;

@@ -872,7 +872,7 @@ n=0
 until ping -c 1 -W 1 ${HOST_IP} >/dev/null 2>&1; do n=$((n+1)); if [ $n -gt 60 ]; then echo BENCH-NET-NO-PING; break; fi; done
 echo BENCH-NET-PING
 dd if=/dev/zero bs=64k count=${IO_NET_MIB * 16} 2>/dev/null | nc ${HOST_IP} ${SINK_PORT}
-echo BENCH-NET-G2H-DONE
+echo "BENCH-NET-G2H-DONE rc=$?"
 nc -l -p ${GUEST_PORT} < /dev/console > /dev/null &
 sleep 1
 echo BENCH-NET-LISTENING
@@ -923,44 +923,65 @@ async function ioSection(reserveMs: number): Promise<void> {
   }
   process.on("exit", () => Bun.spawnSync([ipPath, "netns", "delete", namespace]));
   const inNs = (argv: string[]) => [ipPath, "netns", "exec", namespace, ...argv];
-  let sink: Bun.Subprocess<"ignore", "pipe", "pipe"> | undefined;
   try {
     ns(["link", "set", "lo", "up"]);
-    // The host's byte counter for guest → host, listening on 0.0.0.0 in the namespace for the whole section.
-    sink = Bun.spawn(inNs([process.execPath, join(import.meta.dir, "net-peer.ts"), "sink", String(SINK_PORT)]), { stdin: "ignore", stdout: "pipe", stderr: "pipe" });
-    const sinkLines: string[] = [];
-    const sinkWaiters: ((line: string) => void)[] = [];
-    void (async () => {
-      const decoder = new TextDecoder();
-      let buffer = "";
-      for await (const chunk of sink.stdout) {
-        buffer += decoder.decode(chunk, { stream: true });
-        let nl: number;
-        while ((nl = buffer.indexOf("\n")) >= 0) {
-          const line = buffer.slice(0, nl);
-          buffer = buffer.slice(nl + 1);
-          const waiter = sinkWaiters.shift();
-          if (waiter) waiter(line);
-          else sinkLines.push(line);
+    /**
+     * The host's byte counter for guest → host: one per VM (a fresh process, so nothing a failed round left behind
+     * can answer for the next one), listening on 0.0.0.0 in the namespace before the VM starts.
+     */
+    const startSink = async () => {
+      const proc = Bun.spawn(inNs([process.execPath, join(import.meta.dir, "net-peer.ts"), "sink", String(SINK_PORT)]), { stdin: "ignore", stdout: "pipe", stderr: "pipe" });
+      const lines: string[] = [];
+      let waiter: ((line: string) => void) | undefined;
+      let stderr = "";
+      void (async () => {
+        for await (const chunk of proc.stderr) stderr += new TextDecoder().decode(chunk);
+      })();
+      void (async () => {
+        const decoder = new TextDecoder();
+        let buffer = "";
+        for await (const chunk of proc.stdout) {
+          buffer += decoder.decode(chunk, { stream: true });
+          let nl: number;
+          while ((nl = buffer.indexOf("\n")) >= 0) {
+            const line = buffer.slice(0, nl);
+            buffer = buffer.slice(nl + 1);
+            const take = waiter;
+            waiter = undefined;
+            if (take) take(line);
+            else lines.push(line);
+          }
         }
-      }
-    })();
-    const nextSinkLine = (timeoutMs: number) => {
-      const queued = sinkLines.shift();
-      if (queued !== undefined) return Promise.resolve(queued);
-      return new Promise<string>((resolve, reject) => {
-        const timer = setTimeout(() => reject(new Error(`no report from the host's byte counter in ${timeoutMs / 1000} s`)), timeoutMs);
-        sinkWaiters.push((line) => {
-          clearTimeout(timer);
-          resolve(line);
+      })();
+      const next = (timeoutMs: number): Promise<string> => {
+        const queued = lines.shift();
+        if (queued !== undefined) return Promise.resolve(queued);
+        return new Promise<string>((resolve, reject) => {
+          const timer = setTimeout(() => {
+            waiter = undefined;
+            reject(new Error(`no report from the host's byte counter in ${timeoutMs / 1000} s (its exit status ${proc.exitCode ?? "(running)"}, stderr ${JSON.stringify(stderr.slice(-300))})`));
+          }, timeoutMs);
+          waiter = (line) => {
+            clearTimeout(timer);
+            resolve(line);
+          };
         });
-      });
+      };
+      const stopSink = async () => {
+        proc.kill("SIGKILL");
+        await proc.exited;
+      };
+      const first = await next(30_000).catch((error: Error) => error.message);
+      if (first !== '"LISTENING"') {
+        await stopSink();
+        throw new Error(`the host's byte counter did not start: ${first}`);
+      }
+      return { next, stop: stopSink };
     };
-    if ((await nextSinkLine(30_000)) !== '"LISTENING"') throw new Error("the host's byte counter did not start");
 
     const oneVm = async (which: "volt" | "qemu"): Promise<IoSample> => {
-      sinkLines.length = 0; // a late report from a failed round must not be taken for this one's
       Bun.spawnSync([ipPath, "-n", namespace, "link", "del", TAP], { stderr: "ignore" });
+      const sink = await startSink();
       const disk = join(diskDir, `${which}.img`);
       rmSync(disk, { force: true });
       writeFileSync(disk, "");
@@ -987,7 +1008,20 @@ async function ioSection(reserveMs: number): Promise<void> {
         const rd = parseDd(read.match[1], `${which} block read`);
         await w.waitFor(/BENCH-NET-PING\r?\n/, 120_000);
         if (w.console().includes("BENCH-NET-NO-PING")) throw new Error(`${which}: the guest could not ping the host over the tap`);
-        const g2h = JSON.parse(await nextSinkLine(300_000)) as { bytes: number; ms: number };
+        // The counter's report, or the guest saying its nc has finished (then the report has 15 s to come).
+        const report = sink.next(240_000);
+        report.catch(() => undefined);
+        const guestDone = w.waitFor(/BENCH-NET-G2H-DONE rc=(\d+)/, 240_000);
+        guestDone.catch(() => undefined);
+        const first = await Promise.race([report.then((line) => ({ line })), guestDone.then((m) => ({ rc: m.match[1] }))]);
+        let line: string;
+        if ("line" in first) line = first.line;
+        else {
+          const late = await Promise.race([report, Bun.sleep(15_000).then(() => undefined)]);
+          if (late === undefined) throw new Error(`${which}: the guest's nc ended (status ${first.rc}) but the host counted no finished connection; console tail: ${JSON.stringify(w.console().slice(-600))}`);
+          line = late;
+        }
+        const g2h = JSON.parse(line) as { bytes: number; ms: number };
         if (g2h.bytes !== IO_NET_MIB * 2 ** 20) throw new Error(`${which}: the host counted ${g2h.bytes} bytes from the guest, expected ${IO_NET_MIB * 2 ** 20}`);
         await w.waitFor(/BENCH-NET-LISTENING/, 120_000);
         const source = Bun.spawn(inNs([process.execPath, join(import.meta.dir, "net-peer.ts"), "source", GUEST_IP, String(GUEST_PORT), String(IO_NET_MIB * 2 ** 20)]), { stdin: "ignore", stdout: "pipe", stderr: "pipe" });
@@ -1006,8 +1040,11 @@ async function ioSection(reserveMs: number): Promise<void> {
           blockWriteConsoleMs: write.at - up.at,
           bootToNetUpMs: up.at - w.spawnedAt,
         };
+      } catch (error) {
+        throw new Error(`${(error as Error).message.slice(0, 900)}; console tail: ${JSON.stringify(w.console().slice(-500))}`);
       } finally {
         await finish(w);
+        await sink.stop();
         rmSync(disk, { force: true });
       }
     };
@@ -1045,10 +1082,6 @@ async function ioSection(reserveMs: number): Promise<void> {
     row("net-host-to-guest", `TCP host → guest over a tap, ${IO_NET_MIB} MiB, into busybox nc -l (higher is better)`, (s) => s.netH2gMiBs,
       "a Bun TCP socket on the host sends the bytes; connect to the guest's close after its nc read everything");
   } finally {
-    if (sink) {
-      sink.kill("SIGTERM");
-      await sink.exited;
-    }
     Bun.spawnSync([ipPath, "netns", "delete", namespace]);
     rmSync(diskDir, { recursive: true, force: true });
   }

@@ -19,7 +19,7 @@
  *     VOLT_TEST_BUILT_KERNEL_ERROR.
  */
 import { createHash } from "node:crypto";
-import { copyFileSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { gunzipSync } from "node:zlib";
 import { configSha256, findDebianSourceTarball, missingBuildTools } from "../../src/kernel/build.ts";
@@ -159,6 +159,10 @@ async function builtKernel(cacheDir: string): Promise<Record<string, string>> {
     writeFileSync(join(result, "build.json"), `${JSON.stringify(doc.build)}\n`);
     rmSync(dir, { recursive: true, force: true });
     renameSync(result, dir);
+    // Kernels of other sources or configs are not used again: keep the cache to one (~17 MB each).
+    for (const entry of readdirSync(join(cacheDir, "built-kernel"))) {
+      if (entry !== key && !entry.startsWith(".partial-")) rmSync(join(cacheDir, "built-kernel", entry), { recursive: true, force: true });
+    }
     say(`built ${vmlinux} in ${((performance.now() - started) / 1000).toFixed(0)} s`);
     return { VOLT_TEST_BUILT_KERNEL: vmlinux, VOLT_TEST_BUILT_KERNEL_INFO: readFileSync(info, "utf8").trim() };
   } finally {

@@ -25,8 +25,9 @@ if (mode === "sink") {
     bytes: number;
     reported: boolean;
   }
-  const report = (c: Conn) => {
-    if (c.reported) return;
+  // Defensive: an error or close on a socket that never opened must not throw (a throw would end the counter).
+  const report = (c: Conn | undefined) => {
+    if (!c || c.reported) return;
     c.reported = true;
     print({ bytes: c.bytes, ms: performance.now() - c.opened, firstByteMs: c.first === undefined ? null : c.first - c.opened });
   };
@@ -38,6 +39,7 @@ if (mode === "sink") {
         socket.data = { opened: performance.now(), first: undefined, bytes: 0, reported: false };
       },
       data(socket, chunk) {
+        if (!socket.data) return;
         if (socket.data.first === undefined) socket.data.first = performance.now();
         socket.data.bytes += chunk.byteLength;
       },

@@ -31,6 +31,7 @@
  * /proc/stat, cgroup limit files, Bun's transpiler cache in ~/.bun, and
  * listing directories above the program.
  */
+import { runningCompiled } from "../runtime-location.ts";
 import { closeSync, copyFileSync, existsSync, lstatSync, mkdirSync, openSync, readFileSync, readSync, realpathSync, renameSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { basename, dirname, join, resolve } from "node:path";
@@ -125,7 +126,8 @@ function realOrSelf(path: string): string {
 
 /** The project root when this module runs from source: src/sandbox/../.. holding package.json. */
 function sourceRootOf(moduleDir: string): string | undefined {
-  if (moduleDir.startsWith("/$bunfs")) return undefined;
+  // In the binary import.meta.dir is the build machine's source directory (runtime-location.ts): not ours to read.
+  if (runningCompiled() || moduleDir.startsWith("/$bunfs")) return undefined;
   const root = resolve(moduleDir, "..", "..");
   return existsSync(resolve(root, "package.json")) ? root : undefined;
 }

@@ -26,7 +26,8 @@ const debianKernel = process.env.VOLT_TEST_BZIMAGE;
 
 /** `volt api` on a socket, with its console collected and a Firecracker-style client. */
 function apiProcess(name: string) {
-  const socket = join(work, `${name}.sock`);
+  // A fresh name per call: a retried test must not find the socket file its killed predecessor left.
+  const socket = join(mkdtempSync(join(work, `${name}-`)), "api.sock");
   const child = Bun.spawn([volt, "api", "--socket", socket], { stdout: "pipe", stderr: "pipe", stdin: "ignore" });
   let consoleText = "";
   const consoleDone = (async () => {

@@ -52,6 +52,20 @@ describe.skipIf(!kvmUsable)(`real-mode guest on real KVM (${process.env.VOLT_KVM
     expect(kick.exits).toEqual([]);
   });
 
+  test("the binary is self-contained: with the source tree hidden its vCPU worker still starts", () => {
+    // Bun's bytecode build bakes the build machine's source path into import.meta.url; a binary that trusted it ran
+    // its workers from that tree (and broke in a jail). A private mount namespace hides src/ from this one run.
+    const hidden = Bun.spawnSync(["unshare", "-m", "sh", "-c", `mount -t tmpfs none "$1/src" && exec "$2" kvm-check --smoke --json`, "sh", root, volt], {
+      cwd: "/",
+      timeout: 120_000,
+    });
+    const stderr = hidden.stderr.toString();
+    if (hidden.exitCode !== 0) console.error(stderr);
+    expect(stderr).not.toContain("ModuleNotFound");
+    expect(hidden.exitCode).toBe(0);
+    expect(JSON.parse(hidden.stdout.toString()).smoke[0].finish).toBe("hlt");
+  });
+
   test("text output names the API version and passes both smoke checks", () => {
     const text = runVolt(["kvm-check", "--smoke"]);
     expect(text.exitCode).toBe(0);

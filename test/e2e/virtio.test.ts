@@ -60,20 +60,22 @@ describe.skipIf(!kvmUsable)(`virtio devices on a real guest (${process.env.VOLT_
   });
 
   test("ext4 on virtio-blk round-trips files, a read-only drive refuses writes, flushed data survives SIGKILL, virtio-rng gives bytes", async () => {
+    // Files of this attempt only: --retry runs the test again.
+    const dir = mkdtempSync(join(work, "attempt-"));
     // ext4 image made from a directory on the host.
-    const tree = join(work, "tree");
+    const tree = join(dir, "tree");
     mkdirSync(tree);
     writeFileSync(join(tree, "from-host.txt"), "hello from the host\n");
-    const ext4 = join(work, "data.ext4");
+    const ext4 = join(dir, "data.ext4");
     sh(["mkfs.ext4", "-q", "-F", "-d", tree, "-L", "voltdata", ext4, "32M"]);
     // A read-only drive with recognisable first bytes, and a zeroed raw drive for the flush check.
-    const readOnly = join(work, "readonly.img");
+    const readOnly = join(dir, "readonly.img");
     const readOnlyBytes = Buffer.alloc(MiB);
     readOnlyBytes.write("READ-ONLY-DRIVE!", 0);
     writeFileSync(readOnly, readOnlyBytes);
-    const raw = join(work, "raw.img");
+    const raw = join(dir, "raw.img");
     writeFileSync(raw, Buffer.alloc(4 * MiB));
-    const initrd = join(work, "virtio.cpio.gz");
+    const initrd = join(dir, "virtio.cpio.gz");
     writeFileSync(initrd, buildInitramfs({ script: GUEST_SCRIPT, exit: "poweroff", modules }));
 
     const child = Bun.spawn(
@@ -96,7 +98,7 @@ describe.skipIf(!kvmUsable)(`virtio devices on a real guest (${process.env.VOLT_
     await Promise.all([drain(child.stdout), drain(child.stderr)]);
     clearTimeout(timer);
     await child.exited;
-    if (!killed) globalThis.console.error(console.slice(-4000));
+    if (!killed) globalThis.console.error(`volt ended by itself (exit ${child.exitCode}, signal ${child.signalCode ?? "none"}); console tail:\n${console.slice(-4000)}`);
 
     expect(console).toContain("VOLT-VIRTIO-DEVICES=4");
     expect(console).toContain("VOLT-MOUNTED");

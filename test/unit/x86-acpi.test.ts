@@ -275,7 +275,7 @@ describe("ACPI tables", () => {
   test("DSDT: each virtio device has LNRO0005, its page and its edge-triggered IRQ", () => {
     const { dsdt } = tables;
     const devices = deviceBodies(dsdt);
-    expect([...devices.keys()]).toEqual(["COM1", "V000", "V001"]);
+    expect([...devices.keys()]).toEqual(["COM1", "PS2K", "V000", "V001"]);
     for (const [i, dev] of machine(4).virtioDevices.entries()) {
       // Each device's PkgLength must enclose exactly its own objects.
       const body = devices.get(`V00${i}`)!;
@@ -284,6 +284,14 @@ describe("ACPI tables", () => {
       expect(indexOf(body, [0x89, 0x06, 0x00, 0x03, 0x01, ...le32(dev.irq)])).toBeGreaterThan(0);
       expect(body.at(-2)).toBe(0x79); // the resource template's End Tag closes the device
     }
+  });
+
+  test("DSDT: the i8042 is PNP0303 at ports 0x60 and 0x64 with IRQ 1 (Linux needs it to get its interrupt)", () => {
+    const body = deviceBodies(tables.dsdt).get("PS2K")!;
+    expect(indexOf(body, [...aml.eisaId("PNP0303")])).toBeGreaterThan(0);
+    expect(indexOf(body, [0x47, 0x01, 0x60, 0x00, 0x60, 0x00, 0x00, 0x01])).toBeGreaterThan(0);
+    expect(indexOf(body, [0x47, 0x01, 0x64, 0x00, 0x64, 0x00, 0x00, 0x01])).toBeGreaterThan(0);
+    expect(indexOf(body, [0x22, 0x02, 0x00])).toBeGreaterThan(0);
   });
 
   test("DSDT without virtio devices still has \\_S5 and COM1", () => {
@@ -476,6 +484,10 @@ describe.skipIf(!iasl)("ACPI tables through iasl", () => {
     expect(dsl).toContain('EisaId ("PNP0501")');
     expect(dsl).toMatch(/IO \(Decode16,\s*0x03F8,[^)]*0x08,/);
     expect(dsl).toMatch(/IRQNoFlags \(\)\s*\{4\}/);
+    expect(dsl).toContain('EisaId ("PNP0303")');
+    expect(dsl).toMatch(/IO \(Decode16,\s*0x0060,[^)]*0x01,/);
+    expect(dsl).toMatch(/IO \(Decode16,\s*0x0064,[^)]*0x01,/);
+    expect(dsl).toMatch(/IRQNoFlags \(\)\s*\{1\}/);
     for (const [i, dev] of machine(4, 3).virtioDevices.entries()) {
       expect(dsl).toContain(`Device (V00${i})`);
       const hexAddress = `0x${dev.address.toString(16).toUpperCase().padStart(8, "0")}`;

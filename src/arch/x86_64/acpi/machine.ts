@@ -12,7 +12,7 @@
  * E820 map reports 0x9fc00-0xfffff reserved, so the guest never reuses them.
  */
 import type { GuestMemoryView } from "../../../memory/guest-memory.ts";
-import { HIMEM_ADDRESS, IOAPIC_ADDRESS, IOAPIC_PINS, LAPIC_ADDRESS, SERIAL_IRQ, SERIAL_PORT_BASE } from "../layout.ts";
+import { HIMEM_ADDRESS, I8042_PORT_BASE, IOAPIC_ADDRESS, IOAPIC_PINS, KEYBOARD_IRQ, LAPIC_ADDRESS, SERIAL_IRQ, SERIAL_PORT_BASE } from "../layout.ts";
 import * as aml from "./aml.ts";
 import {
   ACPI_TABLE_HEADER_SIZE,
@@ -73,6 +73,8 @@ const TABLE_ALIGNMENT = 16;
 const MADT_FLAGS = 0;
 /** A 16550 decodes eight consecutive ports. */
 const UART_PORTS = 8;
+/** The i8042's status/command port, beside its data port at I8042_PORT_BASE. */
+const I8042_COMMAND_PORT = I8042_PORT_BASE + 4;
 /** Device names are "V" and three digits. */
 const MAX_VIRTIO_DEVICES = 1000;
 
@@ -166,6 +168,12 @@ function dsdtAml(machine: AcpiMachine): aml.Aml {
     // Edge, active high, as Volt's serial raises its line and as ISA IRQs are.
     aml.name("_CRS", aml.resourceTemplate([aml.ioPort(SERIAL_PORT_BASE, SERIAL_PORT_BASE, 0, UART_PORTS), aml.irqNoFlags(SERIAL_IRQ)])),
   ]);
+  // The same for the i8042: without this entry Linux finds the controller by probing, but cannot get IRQ 1
+  // (request_irq fails with EINVAL) and gives up on the keyboard, which is how Ctrl-Alt-Del arrives.
+  const keyboard = aml.device("PS2K", [
+    aml.name("_HID", aml.eisaId("PNP0303")),
+    aml.name("_CRS", aml.resourceTemplate([aml.ioPort(I8042_PORT_BASE, I8042_PORT_BASE, 0, 1), aml.ioPort(I8042_COMMAND_PORT, I8042_COMMAND_PORT, 0, 1), aml.irqNoFlags(KEYBOARD_IRQ)])),
+  ]);
   const virtio = machine.virtioDevices.map((dev, index) =>
     aml.device(`V${index.toString().padStart(3, "0")}`, [
       aml.name("_HID", aml.string("LNRO0005")),
@@ -181,7 +189,7 @@ function dsdtAml(machine: AcpiMachine): aml.Aml {
       ),
     ]),
   );
-  return aml.concat(s5, aml.scope("\\_SB", [com1, ...virtio]));
+  return aml.concat(s5, aml.scope("\\_SB", [com1, keyboard, ...virtio]));
 }
 
 function validate(machine: AcpiMachine): void {
@@ -190,7 +198,7 @@ function validate(machine: AcpiMachine): void {
     throw new AcpiError(`ACPI tables: vCPU count ${vcpus} must be 1..${MAX_ACPI_VCPUS}`);
   }
   if (virtioDevices.length > MAX_VIRTIO_DEVICES) throw new AcpiError(`ACPI tables: at most ${MAX_VIRTIO_DEVICES} virtio devices`);
-  const irqs = new Set<number>([SERIAL_IRQ]);
+  const irqs = new Set<number>([SERIAL_IRQ, KEYBOARD_IRQ]);
   for (const [index, dev] of virtioDevices.entries()) {
     if (!Number.isInteger(dev.address) || !Number.isInteger(dev.size) || dev.size < 1 || dev.address < 0 || dev.address + dev.size > 0x1_0000_0000) {
       throw new AcpiError(`ACPI tables: virtio device ${index} at 0x${dev.address.toString(16)}+0x${dev.size.toString(16)} must lie below 4 GiB`);

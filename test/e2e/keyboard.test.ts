@@ -92,7 +92,8 @@ describe.skipIf(!kvmUsable)(`i8042 keyboard on a real guest (${process.env.VOLT_
       // volt api filters its system calls from InstanceStart on, as volt run does.
       expect(readFileSync(`/proc/${vm.child.pid}/status`, "utf8")).toMatch(/^Seccomp:\s+2$/m);
       const boot = vm.console();
-      expect(boot).toMatch(/serio: i8042 KBD port at 0x60,0x64 irq 1/);
+      // The IRQ number is Linux's mapping of GSI 1 (dynamic without a legacy PIC), so any number will do.
+      expect(boot).toMatch(/serio: i8042 KBD port at 0x60,0x64 irq \d+/);
       expect(boot).toMatch(/input: AT (Raw|Translated) Set 2 keyboard/);
       expect(boot).not.toMatch(/Can't read CTR|i8042: .*timeout|atkbd.*(failed|timeout)/i);
 

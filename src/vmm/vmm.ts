@@ -10,7 +10,7 @@
  *   panic   — the kernel's "Kernel panic - not syncing" console line.
  */
 import type { I8042, KeyPressResult } from "../devices/legacy/i8042.ts";
-import { takeSerialOutput, wakeSerialOutputWaiters, waitForSerialOutput } from "../devices/legacy/serial.ts";
+import { takeSerialOutput } from "../devices/legacy/serial.ts";
 import type { Finished } from "../vcpu/vcpu-thread.ts";
 import { VcpuThread } from "../vcpu/vcpu-thread.ts";
 import { IoThread, type VirtioDeviceState } from "../devices/virtio/io-thread.ts";
@@ -53,9 +53,9 @@ export interface RunOptions {
 
 const POWER_OFF_PATTERN = /reboot: (Power down|System halted)/;
 const PANIC_PATTERN = /Kernel panic - not syncing/;
-const PUMP_BATCH_MS = 2;
-/** A safety net only: the guest's writes wake the pump. */
-const PUMP_RECHECK_MS = 1000;
+/** Console drain interval while the guest writes, and the most it backs off to while it is quiet (idle wake-ups). */
+const PUMP_BUSY_MS = 2;
+const PUMP_IDLE_MS = 32;
 const STOP_GRACE_MS = 5000;
 
 export type VmRunState = "running" | "paused" | "stopping";
@@ -141,16 +141,18 @@ export class RunningVm {
       }
       return bytes.length;
     };
-    // Woken by the guest's first byte after each drain; after a drain that found output, a short pause lets a
-    // chatty guest's bytes gather (and the event loop breathe) before the next one.
-    let pumping = true;
-    void (async () => {
-      while (pumping) {
-        const drained = pump();
-        if (drained > 0) await Bun.sleep(PUMP_BATCH_MS);
-        else await waitForSerialOutput(shared.serial, PUMP_RECHECK_MS);
-      }
-    })();
+    // Polled on Bun's timers, backing off while the guest is quiet: soon after output, then up to PUMP_IDLE_MS.
+    // (An Atomics.waitAsync woken by the writing vCPU was tried: under Bun, a notify from a worker did not always
+    // wake the event loop, and consoles stalled for minutes.)
+    let pumpDelay = PUMP_BUSY_MS;
+    let pumpTimer: ReturnType<typeof setTimeout> | undefined;
+    const schedulePump = () => {
+      pumpTimer = setTimeout(() => {
+        pumpDelay = pump() > 0 ? PUMP_BUSY_MS : Math.min(pumpDelay * 2, PUMP_IDLE_MS);
+        schedulePump();
+      }, pumpDelay);
+    };
+    schedulePump();
 
     // The VMM thread's own view of the devices, to raise the UART's receive interrupt for host input.
     const hostSide = buildMachineDevices(shared, { onResetRequest: () => {}, onPowerOff: () => {}, onBoot: () => {} });
@@ -165,8 +167,7 @@ export class RunningVm {
     const threads: VcpuThread[] = [];
     let io: IoThread | undefined;
     const cleanup = () => {
-      pumping = false;
-      wakeSerialOutputWaiters(shared.serial);
+      clearTimeout(pumpTimer);
       detachInput?.();
       process.off("SIGINT", onSignal);
       process.off("SIGTERM", onSignal);

@@ -8,8 +8,6 @@ import {
   enqueueSerialInput,
   serialOutputDropped,
   takeSerialOutput,
-  waitForSerialOutput,
-  wakeSerialOutputWaiters,
 } from "../../src/devices/legacy/serial.ts";
 import type { WriterJob } from "./fixtures/devices-serial-writer.ts";
 
@@ -270,50 +268,6 @@ describe("Serial16550 against a hostile guest", () => {
 
   test("a state that did not come from createSerialState is refused at construction", () => {
     expect(() => new Serial16550({ buffer: new SharedArrayBuffer(16) }, new CountingInterruptLine())).toThrow(TypeError);
-  });
-});
-
-describe("waiting for console output (the host's pump)", () => {
-  test("with nothing written, the wait runs to its timeout; output already waiting settles it at once", async () => {
-    const { state, out } = uart();
-    expect(await waitForSerialOutput(state, 30)).toBe("timed-out");
-    out(THR, 0x41);
-    expect(await waitForSerialOutput(state, 5000)).toBe("not-equal");
-    takeSerialOutput(state);
-    expect(await waitForSerialOutput(state, 30)).toBe("timed-out");
-  });
-
-  test("the first byte after a drain wakes a waiting host; the VMM can also wake it to stop", async () => {
-    const { state, out } = uart();
-    const started = performance.now();
-    const waiting = waitForSerialOutput(state, 10_000);
-    setTimeout(() => out(THR, 0x41), 20);
-    expect(await waiting).toBe("ok");
-    expect(performance.now() - started).toBeLessThan(5000);
-    takeSerialOutput(state);
-    const stopping = waitForSerialOutput(state, 10_000);
-    wakeSerialOutputWaiters(state);
-    expect(await stopping).toBe("ok");
-  });
-
-  test("a byte written by a vCPU worker wakes the host's wait", async () => {
-    const state = createSerialState();
-    const go = new SharedArrayBuffer(4);
-    const worker = new Worker(new URL("./fixtures/devices-serial-writer.ts", import.meta.url).href);
-    try {
-      const ready = nextMessage(worker, "ready");
-      const job: WriterJob = { state, tag: 0, count: 1, go };
-      worker.postMessage(job);
-      await ready;
-      const waiting = waitForSerialOutput(state, 10_000);
-      const go32 = new Int32Array(go);
-      Atomics.store(go32, 0, 1);
-      Atomics.notify(go32, 0);
-      expect(await waiting).toBe("ok");
-      expect([...takeSerialOutput(state)]).toEqual([0]);
-    } finally {
-      worker.terminate();
-    }
   });
 });
 

@@ -128,22 +128,6 @@ export function takeSerialOutput(state: SerialState): Uint8Array {
   }
 }
 
-/**
- * Settles once the guest has output waiting (at once if it has already), or
- * after `timeoutMs`. The thread whose write makes the output non-empty wakes
- * the waiter, so an idle console costs the host nothing, where a polling timer
- * woke it hundreds of times a second.
- */
-export function waitForSerialOutput(state: SerialState, timeoutMs: number): Promise<unknown> {
-  const waited = Atomics.waitAsync(new Int32Array(state.buffer, 0, SLOT_COUNT), SLOT_OUT_LENGTH, 0, timeoutMs);
-  return waited.async ? waited.value : Promise.resolve(waited.value);
-}
-
-/** Wakes `waitForSerialOutput` waiters now (a VMM that is stopping). */
-export function wakeSerialOutputWaiters(state: SerialState): void {
-  Atomics.notify(new Int32Array(state.buffer, 0, SLOT_COUNT), SLOT_OUT_LENGTH);
-}
-
 /** How many output bytes were dropped because the host did not drain in time. */
 export function serialOutputDropped(state: SerialState): number {
   const shared = sharedViews(state);
@@ -191,16 +175,12 @@ export class Serial16550 implements BusDevice {
     if (data.length !== 1 || !isRegister(offset)) return;
     const shared = this.shared;
     let raise: boolean;
-    let firstOutput: boolean;
     shared.lock();
     try {
-      const hadOutput = shared.hasOutput();
       raise = shared.writeRegister(offset, data[0]!);
-      firstOutput = !hadOutput && shared.hasOutput();
     } finally {
       shared.unlock();
     }
-    if (firstOutput) shared.notifyOutput();
     if (raise) this.irq.trigger();
   }
 
@@ -345,15 +325,6 @@ class SharedSerial {
     } finally {
       this.unlock();
     }
-  }
-
-  hasOutput(): boolean {
-    return this.slots[SLOT_OUT_LENGTH]! > 0;
-  }
-
-  /** Wakes the host's waitForSerialOutput; call without the lock held. */
-  notifyOutput(): void {
-    Atomics.notify(this.slots, SLOT_OUT_LENGTH);
   }
 
   takeOutput(): Uint8Array {

@@ -39,11 +39,19 @@ function countJunit(file: string): { tests: number; failures: number; skipped: n
   return { tests: attr("tests"), failures: attr("failures") + attr("errors"), skipped: attr("skipped") };
 }
 
-function stage(name: string, command: string[], report: string): StageResult {
+function stage(name: string, command: string[], report: string, options: { rerunIfRunnerDies?: boolean } = {}): StageResult {
   console.log(`\n==== ${name}: ${command.join(" ")}`);
   rmSync(report, { force: true });
-  const exitCode = run(command);
-  const counts = countJunit(report);
+  let exitCode = run(command);
+  let counts = countJunit(report);
+  if (!counts && options.rerunIfRunnerDies) {
+    // Failing tests still write a report; none means bun itself died (Bun 1.4.5 segfaults now and then, "Bun has
+    // crashed"). Once more, loudly; a second death counts as a failure.
+    console.log(`==== ${name}: THE TEST RUNNER DIED WITHOUT A REPORT (exit ${exitCode}); running the stage once more`);
+    rmSync(report, { force: true });
+    exitCode = run(command);
+    counts = countJunit(report);
+  }
   if (!counts) {
     console.log(`==== ${name}: no test report (exit ${exitCode}); counted as one failure`);
     return { name, exitCode: exitCode || 1, passed: 0, failed: 1, skipped: 0 };
@@ -65,7 +73,7 @@ if (run(["bun", "build.ts"]) !== 0) {
 } else {
   const unitReport = join(reports, "unit.xml");
   results.push(
-    stage("unit tests", ["bun", "test", "./test/unit", "--reporter=junit", `--reporter-outfile=${unitReport}`, ...extraArgs], unitReport),
+    stage("unit tests", ["bun", "test", "./test/unit", "--reporter=junit", `--reporter-outfile=${unitReport}`, ...extraArgs], unitReport, { rerunIfRunnerDies: true }),
   );
   // run-e2e.ts writes its report to build/test-reports/e2e.xml, wherever the tests ran.
   results.push(stage("end-to-end tests (real KVM)", ["bun", "test/harness/run-e2e.ts", ...extraArgs], join(reports, "e2e.xml")));

@@ -572,24 +572,7 @@ describe("virtio-mmio: one state, many threads", () => {
 
   test("a driver on a worker thread brings the device up while this thread watches", async () => {
     const env = setup();
-    const mmioUrl = new URL("../../src/devices/virtio/mmio.ts", import.meta.url).href;
-    const source = `
-      import { VirtioMmioTransport, VIRTIO_MMIO as R } from ${JSON.stringify(mmioUrl)};
-      self.onmessage = (e) => {
-        const t = new VirtioMmioTransport(e.data, { onQueueNotify() {}, onStatusChange() {}, interrupt: { trigger() {} } });
-        const w32 = (o, v) => { const d = new Uint8Array(4); new DataView(d.buffer).setUint32(0, v >>> 0, true); t.write(o, d); };
-        const r32 = (o) => { const d = new Uint8Array(4); t.read(o, d); return new DataView(d.buffer).getUint32(0, true); };
-        // Many resets first, so the watcher below races real lock traffic.
-        for (let i = 0; i < 2000; i++) { w32(R.STATUS, 0); w32(R.STATUS, 1); w32(R.QUEUE_SEL, i & 1); r32(R.QUEUE_NUM_MAX); }
-        w32(R.STATUS, 0); w32(R.STATUS, 3);
-        w32(R.DRIVER_FEATURES_SEL, 1); w32(R.DRIVER_FEATURES, 1);
-        w32(R.DRIVER_FEATURES_SEL, 0); w32(R.DRIVER_FEATURES, 0);
-        w32(R.STATUS, 0xb);
-        w32(R.QUEUE_SEL, 0); w32(R.QUEUE_NUM, 32); w32(R.QUEUE_DESC_LOW, 0x1000); w32(R.QUEUE_DRIVER_LOW, 0x2000); w32(R.QUEUE_DEVICE_LOW, 0x3000); w32(R.QUEUE_READY, 1);
-        w32(R.STATUS, 0xf);
-        postMessage(r32(R.STATUS));
-      };`;
-    const worker = new Worker(URL.createObjectURL(new Blob([source], { type: "application/typescript" })));
+    const worker = new Worker(new URL("./fixtures/virtio-mmio-driver.ts", import.meta.url).href);
     try {
       const done = new Promise<number>((resolve, reject) => {
         worker.onmessage = (e) => resolve(e.data as number);

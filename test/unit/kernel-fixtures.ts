@@ -4,7 +4,7 @@
  * with call/jmp opcodes for the x86 BCJ filter) and bzImages whose payload is
  * that vmlinux compressed the way arch/x86/boot/compressed/Makefile does it.
  */
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { constants, gzipSync, zstdCompressSync } from "node:zlib";
@@ -98,14 +98,20 @@ export function sizeWord(n: number): Uint8Array {
 
 /** Runs a compressor command over `data`; throws if it fails. */
 export function runCompressor(argv: string[], data: Uint8Array): Uint8Array {
-  // Input from a file, not a pipe: feeding a pipe while the tool's output pipe fills hung the suite twice on a busy host.
+  // Files on both ends and the shell doing the redirection: Bun's pipes to a tool moving tens of MiB hung the
+  // suite (stdin from memory) and crashed it (stdout to a pipe) on a busy host.
   const dir = mkdtempSync(join(tmpdir(), "volt-compress-"));
   try {
     const input = join(dir, "input");
+    const output = join(dir, "output");
     writeFileSync(input, data);
-    const proc = Bun.spawnSync(argv, { stdin: Bun.file(input), stdout: "pipe", stderr: "pipe" });
+    const proc = Bun.spawnSync(["sh", "-c", 'in="$1"; out="$2"; shift 2; exec "$@" < "$in" > "$out"', "sh", input, output, ...argv], {
+      stdin: "ignore",
+      stdout: "ignore",
+      stderr: "pipe",
+    });
     if (proc.exitCode !== 0) throw new Error(`${argv.join(" ")} failed: ${proc.stderr.toString()}`);
-    return new Uint8Array(proc.stdout);
+    return new Uint8Array(readFileSync(output));
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

@@ -74,5 +74,4 @@ function setUpLogging(argv: readonly string[]): string[] | undefined {
 }
 
 const rawArgs = setUpLogging(process.argv.slice(2));
-// No top-level await: the binary is compiled to bytecode, which needs CommonJS (build.ts).
-if (rawArgs !== undefined) void runMain(mainCommand, { rawArgs });
+if (rawArgs !== undefined) await runMain(mainCommand, { rawArgs });

@@ -11,20 +11,6 @@ export interface MemoryRegionBytes {
   readonly populated?: readonly (readonly [number, number])[];
 }
 
-/** Whether [start, end) overlaps any of the sorted ranges (none given: it may). */
-export function mayHoldData(populated: MemoryRegionBytes["populated"], start: number, end: number): boolean {
-  if (populated === undefined) return true;
-  let low = 0;
-  let high = populated.length;
-  // The first range that ends after `start`; it overlaps if it begins before `end`.
-  while (low < high) {
-    const mid = (low + high) >> 1;
-    if (populated[mid]![1] <= start) low = mid + 1;
-    else high = mid;
-  }
-  return low < populated.length && populated[low]![0] < end;
-}
-
 /** The parts of [start, end) inside the sorted ranges, clipped to it (none given: all of it). */
 export function populatedParts(populated: MemoryRegionBytes["populated"], start: number, end: number): [number, number][] {
   if (populated === undefined) return start < end ? [[start, end]] : [];

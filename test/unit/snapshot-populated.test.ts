@@ -11,7 +11,7 @@ import { dataRanges, memfdCreate, ftruncate, close } from "../../src/ffi/syscall
 import { GuestMemory } from "../../src/memory/guest-memory.ts";
 import { ZERO_CHUNK, writeChunks } from "../../src/snapshot/chunks.ts";
 import { MEMORY_FILE, writeSnapshot } from "../../src/snapshot/files.ts";
-import { mayHoldData, populatedParts, readPopulated } from "../../src/snapshot/regions.ts";
+import { populatedParts, readPopulated } from "../../src/snapshot/regions.ts";
 
 const MiB = 1024 * 1024;
 const work = mkdtempSync(join(tmpdir(), "volt-populated-"));
@@ -53,7 +53,8 @@ describe("dataRanges (SEEK_DATA/SEEK_HOLE)", () => {
   });
 });
 
-describe("mayHoldData", () => {
+describe("populatedParts finds overlaps", () => {
+  const mayHoldData = (ranges: readonly (readonly [number, number])[] | undefined, start: number, end: number) => populatedParts(ranges, start, end).length > 0;
   const ranges = [
     [0, 4096],
     [8192, 12288],
@@ -98,8 +99,8 @@ describe("snapshots of fresh guest RAM", () => {
     const memory = guestWithThreeWrites();
     try {
       const [ranges] = memory.populatedRanges();
-      for (const address of [0x1000, 20 * MiB + 5, 64 * MiB - 1]) expect(mayHoldData(ranges, address, address + 1)).toBe(true);
-      expect(mayHoldData(ranges, 40 * MiB, 41 * MiB)).toBe(false);
+      for (const address of [0x1000, 20 * MiB + 5, 64 * MiB - 1]) expect(populatedParts(ranges, address, address + 1)).toEqual([[address, address + 1]]);
+      expect(populatedParts(ranges, 40 * MiB, 41 * MiB)).toEqual([]);
 
       const dir = join(work, "snap");
       const regions = memory.regions.map((r, i) => ({ guestAddress: r.guestAddress, bytes: r.bytes, populated: memory.populatedRanges()[i]! }));
